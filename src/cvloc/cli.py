@@ -1,0 +1,61 @@
+"""The ``cvloc`` command line: one sub-command per job.
+
+Sub-commands register themselves in ``_COMMANDS``; each has an ``add_arguments`` and a
+``run`` function so that parsing stays here and the work stays in its module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from cvloc import __version__
+
+
+def _build_parser(commands: dict[str, tuple[str, Callable, Callable]]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cvloc",
+        description="Fine-grained cross-view camera localization: ground image + satellite "
+        "image -> 3-DoF camera pose with pixel-level correspondences.",
+    )
+    parser.add_argument("--version", action="version", version=f"cvloc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (help_text, add_arguments, _) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+    return parser
+
+
+def _commands() -> dict[str, tuple[str, Callable, Callable]]:
+    from cvloc import demo
+
+    return {
+        "demo": (
+            "Run the main job on the embedded synthetic default.",
+            demo.add_arguments,
+            demo.run,
+        ),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cvloc`` console script.
+
+    Args:
+        argv: arguments without the program name (``sys.argv[1:]`` when None).
+
+    Returns:
+        The process exit status.
+    """
+    commands = _commands()
+    parser = _build_parser(commands)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(commands[args.command][2](args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
