@@ -46,6 +46,7 @@ def ref_project(point_cam, camera_model, size, K=None):
         horiz = math.hypot(x, z)
         in_front = horiz > 0.1
         phi = math.degrees(math.atan2(x, z))
+        phi = phi - 360.0 if phi >= 180.0 else phi  # columns cover azimuths [-180, 180)
         el = math.degrees(math.atan2(-y, horiz))
         u = (phi + 180.0) / 360.0 * W - 0.5
         v = (90.0 - el) / 180.0 * H - 0.5
@@ -153,7 +154,9 @@ class TestEgoGrid:
         ego = ego_grid_xy(4, 3, 1.0)
         out = ego_to_world_xy(ego, torch.zeros(batch, 2), torch.zeros(batch))
         assert out.shape == (batch, 4, 3, 2)
-        out = ego_to_world_xy(ego.expand(batch, 4, 3, 2), torch.zeros(batch, 2), torch.zeros(batch))
+        out = ego_to_world_xy(
+            ego.expand(batch, 4, 3, 2), torch.zeros(batch, 2), torch.zeros(batch)
+        )
         assert out.shape == (batch, 4, 3, 2)
 
     def test_heading(self):
@@ -174,16 +177,22 @@ class TestEgoGrid:
 
 
 class TestLiftToGroundImage:
-    @pytest.mark.parametrize(("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))])
+    @pytest.mark.parametrize(
+        ("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))]
+    )
     def test_smoke(self, camera_model, size):
         points, w2c, K, _, _ = random_scene(2, camera_model, size, torch.float32)
-        uv, valid = lift_to_ground_image(points, torch.tensor([0.0, 2.0]), w2c, camera_model, size, K)
+        uv, valid = lift_to_ground_image(
+            points, torch.tensor([0.0, 2.0]), w2c, camera_model, size, K
+        )
         assert uv.shape == (2, 2, 6, 7, 2) and uv.dtype == torch.float32
         assert valid.shape == (2, 2, 6, 7) and valid.dtype == torch.bool
         assert torch.isfinite(uv).all()
 
     @pytest.mark.parametrize("batch", [1, 2, 5])
-    @pytest.mark.parametrize(("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))])
+    @pytest.mark.parametrize(
+        ("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))]
+    )
     def test_cardinality(self, batch, camera_model, size):
         points, w2c, K, _, _ = random_scene(batch, camera_model, size)
         heights = torch.zeros(batch, 3, dtype=torch.float64)  # per-sample heights (B, Z)
@@ -191,7 +200,9 @@ class TestLiftToGroundImage:
         assert uv.shape == (batch, 3, 6, 7, 2)
         assert valid.shape == (batch, 3, 6, 7)
 
-    @pytest.mark.parametrize(("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))])
+    @pytest.mark.parametrize(
+        ("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))]
+    )
     def test_against_brute_force(self, camera_model, size):
         B = 2
         points, _, K, xy, yaw = random_scene(B, camera_model, size)
@@ -229,7 +240,9 @@ class TestLiftToGroundImage:
         cam = torch.zeros(1, 2, dtype=torch.float64)
         w2c = world_to_cam_from_pose(cam, torch.zeros(1, dtype=torch.float64), CAMERA_HEIGHT_M)
         points = ego_grid_xy(3, 3, 1.0, torch.float64)[None].requires_grad_(True)
-        uv, valid = lift_to_ground_image(points, torch.tensor([CAMERA_HEIGHT_M]), w2c, "panorama", size)
+        uv, valid = lift_to_ground_image(
+            points, torch.tensor([CAMERA_HEIGHT_M]), w2c, "panorama", size
+        )
         assert not valid[0, 0, 1, 1]  # the cell at the camera centre
         uv.sum().backward()
         assert torch.isfinite(points.grad).all()
@@ -239,7 +252,9 @@ class TestLiftToGroundImage:
         points, w2c, _, _, _ = random_scene(2, "panorama", size)
         heights = torch.tensor([0.0, 1.0], dtype=torch.float64)
         uv64, valid64 = lift_to_ground_image(points, heights, w2c, "panorama", size)
-        uv32, valid32 = lift_to_ground_image(points.float(), heights.float(), w2c.float(), "panorama", size)
+        uv32, valid32 = lift_to_ground_image(
+            points.float(), heights.float(), w2c.float(), "panorama", size
+        )
         assert uv32.dtype == torch.float32
         assert torch.equal(valid32, valid64)
         assert torch.allclose(uv32.double(), uv64, atol=1e-3)
@@ -267,7 +282,9 @@ class TestWarpToBev:
     def _inputs(batch, size=(32, 16), feat_hw=(4, 8), Z=2, H=3, W=5, dtype=torch.float64, seed=0):
         g = torch.Generator().manual_seed(seed)
         features = torch.randn(batch, 3, *feat_hw, generator=g, dtype=dtype)
-        uv = torch.rand(batch, Z, H, W, 2, generator=g, dtype=dtype) * torch.tensor(size, dtype=dtype)
+        uv = torch.rand(batch, Z, H, W, 2, generator=g, dtype=dtype) * torch.tensor(
+            size, dtype=dtype
+        )
         uv = uv - 0.5
         valid = torch.rand(batch, Z, H, W, generator=g) > 0.3
         return features, uv, valid
@@ -396,7 +413,9 @@ def _prior_batch(batch, camera_model, size, dtype=torch.float64):
 
 class TestBevFromPrior:
     @pytest.mark.parametrize("batch", [1, 2, 5])
-    @pytest.mark.parametrize(("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))])
+    @pytest.mark.parametrize(
+        ("camera_model", "size"), [("pinhole", (64, 48)), ("panorama", (64, 32))]
+    )
     def test_cardinality(self, batch, camera_model, size):
         args = _prior_batch(batch, camera_model, size)
         features = torch.randn(batch, 4, size[1] // 8, size[0] // 8, dtype=torch.float64)
@@ -410,10 +429,12 @@ class TestBevFromPrior:
     @pytest.mark.parametrize(
         ("camera_model", "size", "pool", "atol"),
         [
-            ("pinhole", (320, 240), 1, 0.03),
-            ("pinhole", (320, 240), 2, 0.06),
+            ("pinhole", (320, 240), 1, 0.01),
+            ("pinhole", (320, 240), 2, 0.03),
             ("panorama", (512, 256), 1, 0.03),
-            ("panorama", (512, 256), 2, 0.06),
+            # 1/2 resolution: about 0.6 m per feature row at 6 m, the error of the box
+            # filter plus bilinear interpolation on a 3.8 m wavelength.
+            ("panorama", (512, 256), 2, 0.1),
         ],
     )
     def test_textured_plane(self, camera_model, size, pool, atol):
@@ -434,8 +455,8 @@ class TestBevFromPrior:
         compare = valid[0].numpy() & (dist > 1.5) & (dist < 6.0)
         assert compare.sum() > 50
         err = np.abs(bev[0, 0].numpy() - texture(x, y))[compare]
-        print(camera_model, pool, err.max(), np.sqrt((err**2).mean()), compare.sum())
         assert err.max() < atol, err.max()
+        assert np.sqrt((err**2).mean()) < atol / 3
         # Cells behind a pinhole camera or outside the image stay empty.
         assert (bev[0, 0].numpy()[~valid[0].numpy()] == 0).all()
 

@@ -305,7 +305,14 @@ def bev_from_prior(
     check_shape(camera_uv_prior, ["B", 2], "camera_uv_prior")
     check_shape(yaw_deg_prior, ["B"], "yaw_deg_prior")
     check_shape(camera_height_m, ["B"], "camera_height_m")
-    check_same_batch(("features", features), ("sat_center_uv", sat_center_uv))
+    check_same_batch(
+        ("features", features),
+        ("sat_center_uv", sat_center_uv),
+        ("m_per_px", m_per_px),
+        ("camera_uv_prior", camera_uv_prior),
+        ("yaw_deg_prior", yaw_deg_prior),
+        ("camera_height_m", camera_height_m),
+    )
     dtype = _float_at_least_32(sat_center_uv, m_per_px, camera_uv_prior, yaw_deg_prior)
     device = sat_center_uv.device
     with torch.autocast(device_type=device.type, enabled=False):

@@ -110,6 +110,7 @@ def pinhole_unproject(uv: torch.Tensor, depth: torch.Tensor, K: torch.Tensor) ->
         points_cam: (*, N, 3).
     """
     check_shape(uv, ["*", "N", 2], "uv")
+    check_shape(K, ["*", 3, 3], "K")
     Kb = K.unsqueeze(-3)
     y = (uv[..., 1] - Kb[..., 1, 2]) / Kb[..., 1, 1]
     x = (uv[..., 0] - Kb[..., 0, 2] - Kb[..., 0, 1] * y) / Kb[..., 0, 0]
@@ -171,7 +172,9 @@ def panorama_project(
     Convention: camera frame x right, y down, z forward (= heading); azimuth
     phi = atan2(x, z) (clockwise from forward seen from above), elevation
     el = atan2(-y, sqrt(x^2 + z^2)); then the mapping of :func:`panorama_angles_to_uv`.
-    A point at the camera centre has range 0 and an arbitrary but finite uv.
+    A point on the camera's vertical axis (x = z = 0) has a finite uv but undefined
+    azimuth: its gradient is NaN (atan2(0, 0)), so callers that differentiate must mask
+    such points first, as :mod:`cvloc.geometry.bev` does.
 
     Args:
         points_cam: (*, N, 3) camera-frame points.

@@ -137,6 +137,7 @@ def pixel_to_world_xy(
     """Satellite pixel to the metric world frame of the sample.
 
     Convention: x = (u - cu) m_per_px (east), y = -(v - cv) m_per_px (north).
+    ``m_per_px`` broadcasts against ``uv[..., 0]``: for uv (B, H, W, 2) pass (B, 1, 1).
 
     Args:
         uv: (*, 2) satellite pixels.

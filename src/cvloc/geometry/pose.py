@@ -15,7 +15,8 @@ from cvloc.geometry.checks import check_shape
 def wrap_deg(angle_deg: torch.Tensor) -> torch.Tensor:
     """Wrap angles to (-180, 180].
 
-    Convention: degrees; -180 maps to +180.
+    Convention: degrees; -180 maps to +180. Angles already in (-180, 180] are returned
+    unchanged (bit-exact), so thresholds on small errors are not perturbed by rounding.
 
     Args:
         angle_deg: (*,) any real angles.
@@ -23,7 +24,8 @@ def wrap_deg(angle_deg: torch.Tensor) -> torch.Tensor:
     Returns:
         (*,) wrapped angles.
     """
-    return 180.0 - torch.remainder(180.0 - angle_deg, 360.0)
+    inside = (angle_deg > -180.0) & (angle_deg <= 180.0)
+    return torch.where(inside, angle_deg, 180.0 - torch.remainder(180.0 - angle_deg, 360.0))
 
 
 def yaw_to_forward_xy(yaw_deg: torch.Tensor) -> torch.Tensor:
@@ -193,6 +195,9 @@ def apply_rigid_2d(R: torch.Tensor, t: torch.Tensor, xy: torch.Tensor) -> torch.
     Returns:
         (B, N, 2).
     """
+    check_shape(R, ["B", 2, 2], "R")
+    check_shape(t, ["B", 2], "t")
+    check_shape(xy, ["B", "N", 2], "xy")
     return xy @ R.transpose(-1, -2) + t[:, None, :]
 
 
@@ -217,6 +222,8 @@ def compose_pose_with_rigid_2d(
     Returns:
         camera_xy': (B, 2), yaw_deg': (B,).
     """
+    check_shape(R, ["B", 2, 2], "R")
+    check_shape(camera_xy, ["B", 2], "camera_xy")
     new_xy = (R @ camera_xy[..., None])[..., 0] + t
     angle_deg = torch.rad2deg(torch.atan2(R[..., 1, 0], R[..., 0, 0]))
     return new_xy, wrap_deg(yaw_deg - angle_deg)

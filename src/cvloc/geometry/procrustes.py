@@ -37,10 +37,13 @@ def weighted_procrustes_2d(
     Convention: any consistent unit (metres or pixels) for both point sets; R acts on column
     vectors, dst ~ R src + t; the angle th is counter-clockwise positive in a right-handed
     frame with x east and y north (so it *decreases* compass yaw, see
-    :func:`cvloc.geometry.pose.compose_pose_with_rigid_2d`). On the satellite image
-    (u east, v south, a left-handed frame) the same R turns clockwise on screen.
+    :func:`cvloc.geometry.pose.compose_pose_with_rigid_2d`). Fed satellite pixels (u east,
+    v south) instead, th turns +u towards +v, i.e. clockwise as the image is displayed.
 
-    Degenerate inputs (never NaN, finite gradients for finite inputs):
+    Degenerate inputs. R and t are finite for any finite input, and so are the gradients
+    with respect to the points. Gradients with respect to the weights are the true
+    derivatives, of size ~ (coordinate spread) / (largest weight), so they overflow only
+    where that exceeds the dtype's range (float32 weights ~1e-37 with coordinates ~1e10).
 
     - Points whose ``src``, ``dst`` or weight is NaN or infinite get zero weight and do
       not affect the result or receive gradient. Negative weights are clamped to zero.
@@ -53,9 +56,9 @@ def weighted_procrustes_2d(
     - Collinear points determine the rotation and need no special case.
 
     The solution is exact otherwise: weights are used only relative to the largest one and
-    points relative to the weighted point with the largest weight, so huge offsets (e.g.
-    UTM-sized coordinates) and tiny weight scales lose no precision. Gradients grow like
-    1 / (weighted spread) as the problem becomes ill-conditioned, as the true ones do.
+    points relative to the weighted point with the largest weight, so tiny weight scales
+    and huge common offsets (e.g. UTM-sized coordinates) cost no precision in the centred
+    sums and the rotation; t inherits the rounding of the coordinates themselves.
 
     Args:
         src_xy: (B, N, 2) source points, floating point.
