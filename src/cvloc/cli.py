@@ -28,13 +28,35 @@ def _build_parser(commands: dict[str, tuple[str, Callable, Callable]]) -> argpar
 
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
-    from cvloc import demo
+    from cvloc import demo, eval_command, train
+    from cvloc.data import check_command as datasets
+    from cvloc.data.synthetic import command as synth
 
     return {
         "demo": (
             "Run the main job on the embedded synthetic default.",
             demo.add_arguments,
             demo.run,
+        ),
+        "synth": (
+            "Generate synthetic cross-view pairs (cvloc-pairs/1).",
+            synth.add_arguments,
+            synth.run,
+        ),
+        "eval": (
+            "Evaluate a checkpoint or a baseline on pairs: metrics table and JSON.",
+            eval_command.add_arguments,
+            eval_command.run,
+        ),
+        "train": (
+            "Train a localizer from a preset or YAML config (key=value overrides).",
+            train.add_arguments,
+            train.run,
+        ),
+        "datasets": (
+            "Check a real benchmark's files (KITTI, Ford, VIGOR, Oxford) before a run.",
+            datasets.add_arguments,
+            datasets.run,
         ),
     }
 

@@ -1,0 +1,97 @@
+"""Baselines on the synthetic KITTI benchmark: the prior pose and the classical search.
+
+Evaluates :class:`cvloc.models.baselines.PriorBaseline` and
+:class:`cvloc.models.baselines.ClassicalBaseline` (default config) with
+:func:`cvloc.evaluate.evaluate` on N ``kitti-small`` test pairs of the same area and of the
+cross area (seed 0, the default training world; prior +-20 m, +-10 deg). Pairs are generated
+once per area and shared by both methods; ``seconds_per_pair`` is the model's forward time
+only, single process, with the torch thread count given by ``--threads``.
+
+Usage::
+
+    python benchmarks/eval_baselines.py [--num 50] [--seed 0] [--threads 1]
+
+Prints DenseFlow's Table 1 layout per area and writes
+``benchmarks/results/baselines_kitti_small.json``: {area: {method: metrics JSON}} plus the
+settings and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+from cvloc.data.synthetic.dataset import SyntheticDataset
+from cvloc.evaluate import evaluate
+from cvloc.metrics import format_metrics_table
+from cvloc.models.baselines import ClassicalBaseline, ClassicalConfig, PriorBaseline
+
+PRESET = "kitti-small"
+RESULTS = Path(__file__).parent / "results" / "baselines_kitti_small.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--num", type=int, default=50, help="test pairs per area")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    config = ClassicalConfig()
+    models = {"prior": PriorBaseline(), "classical": ClassicalBaseline(config)}
+    results: dict = {
+        "preset": PRESET,
+        "split": "test",
+        "num": args.num,
+        "seed": args.seed,
+        "threads": args.threads,
+        "classical_config": dataclasses.asdict(config),
+        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs (shared)",
+        "torch": torch.__version__,
+    }
+    for area in ("same", "cross"):
+        dataset = SyntheticDataset(PRESET, "test", area, args.num, seed=args.seed)
+        pairs = [dataset[i] for i in range(len(dataset))]  # generate once for both methods
+        results[area] = {
+            name: evaluate(model, pairs, progress=False, method=name)
+            for name, model in models.items()
+        }
+        title = f"{PRESET} test, {area} area, {args.num} pairs, seed {args.seed}"
+        print(format_metrics_table(results[area], title=title))
+        for name, metrics in results[area].items():
+            print(f"{name}: {metrics['seconds_per_pair']:.3f} s per pair")
+        print()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(_finite(results), indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _finite(value: object) -> object:
+    """NaN / inf (undefined metrics) -> null, so the file is strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+if __name__ == "__main__":
+    main()

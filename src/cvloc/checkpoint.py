@@ -1,0 +1,299 @@
+"""Self-describing checkpoints and shipped weights: save, resolve, load strictly, export.
+
+Two formats:
+
+- **Training checkpoint** (``last.pt`` / ``best.pt``): a ``torch.save`` dict of plain
+  containers and tensors only, so that it loads with ``torch.load(weights_only=True)``
+  (no pickled code is ever executed; this module never loads with ``weights_only=False``).
+  Keys: ``format``, ``model`` (the unwrapped state dict, no ``module.`` prefix),
+  ``optimizer``, ``scheduler``, ``scaler``, ``config`` (plain dict), ``epoch``, ``step``,
+  ``step_in_epoch``, ``metrics``, ``best_metric``, ``nonfinite_run``, ``rng`` (torch /
+  CUDA / NumPy / Python states as tensors and lists), ``code_version``.
+- **Weights file** (``NAME.safetensors``, what we ship): the model tensors plus metadata
+  ``format``, ``config`` (JSON of the full experiment config), ``code_version``,
+  ``step`` and ``metrics`` (JSON).
+
+Both are written atomically (temporary file in the same directory, fsync, ``os.replace``)
+so that an interruption never leaves a truncated file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, safe_open, save_file
+from torch import nn
+
+from cvloc.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
+from cvloc.engine.builders import build_model
+from cvloc.engine.checkpoint import atomic_write, code_version, config_differences
+
+CHECKPOINT_FORMAT = "cvloc-checkpoint/1"
+WEIGHTS_FORMAT = "cvloc-weights/1"
+MAX_WEIGHTS_BYTES = 30 * 1024 * 1024
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or weights file is unreadable or does not fit the model."""
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: dict[str, Any]) -> None:
+    """Write a training checkpoint atomically.
+
+    Args:
+        path: target file (``.pt``).
+        checkpoint: the dict (see the module docstring); ``format`` is added.
+    """
+    payload = {"format": CHECKPOINT_FORMAT, **checkpoint}
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a training checkpoint safely (``weights_only=True``).
+
+    Args:
+        path: the ``.pt`` file.
+        map_location: where to put the tensors.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: the file is corrupt, truncated or not a cvloc checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError,
+            zipfile.BadZipFile) as exc:  # fmt: skip
+        raise CheckpointError(
+            f"{path}: unreadable checkpoint, the file is corrupt, truncated or not a "
+            f"torch.save file ({type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a {CHECKPOINT_FORMAT} checkpoint (found {found!r})")
+    return ckpt
+
+
+def weights_dir() -> Path:
+    """The package's directory of shipped weights (package data ``cvloc/weights``).
+
+    Returns:
+        Its path (it may not exist in a source checkout without weights).
+    """
+    return Path(str(resources.files("cvloc") / "weights"))
+
+
+def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
+    """A checkpoint path from a path or the bare name of shipped weights.
+
+    A bare name (no directory part and no ``.pt`` / ``.safetensors`` suffix) such as
+    ``denseflow-synth-kitti-small`` resolves to ``<package>/weights/NAME.safetensors``.
+
+    Args:
+        name_or_path: a file path or a weights name.
+
+    Returns:
+        The existing file.
+
+    Raises:
+        FileNotFoundError: the path does not exist, or no shipped weights have that name
+            (the message lists the available names).
+    """
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bare = path.name == str(name_or_path) and path.suffix not in (".pt", ".safetensors")
+    if not bare:
+        raise FileNotFoundError(f"{path}: checkpoint file not found")
+    shipped = weights_dir() / f"{path.name}.safetensors"
+    if shipped.is_file():
+        return shipped
+    available = sorted(p.stem for p in weights_dir().glob("*.safetensors"))
+    raise FileNotFoundError(
+        f"{name_or_path!s}: neither a file nor shipped weights in {weights_dir()} "
+        f"(available: {available or 'none'})"
+    )
+
+
+def load_model(
+    name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, ExperimentConfig]:
+    """Build the model a checkpoint or weights file describes and load it strictly.
+
+    Args:
+        name_or_path: a ``.pt`` training checkpoint, a ``.safetensors`` weights file or
+            a shipped weights name (see :func:`resolve_checkpoint`).
+        device: where to put the model.
+
+    Returns:
+        (model in eval mode, its experiment config).
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        CheckpointError: the file is corrupt, its config is invalid, or its tensors do
+            not fit the model its config describes (the message lists the keys).
+    """
+    path = resolve_checkpoint(name_or_path)
+    if path.suffix == ".safetensors":
+        state, config_dict = _read_weights(path)
+    else:
+        ckpt = load_checkpoint(path)
+        state, config_dict = ckpt["model"], ckpt["config"]
+    try:
+        cfg = config_from_dict(config_dict, source=f"{path} (stored config)")
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: stored config is not valid here: {exc}") from exc
+    model = build_model(cfg.model)
+    load_state_dict_strict(model, state, str(path))
+    return model.to(device).eval(), cfg
+
+
+def load_state_dict_strict(
+    model: nn.Module, state: Mapping[str, torch.Tensor], source: str
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that names every mismatching key.
+
+    Args:
+        model: the model to fill.
+        state: the tensors to load.
+        source: the file they came from, for the message.
+
+    Raises:
+        CheckpointError: missing keys, unexpected keys or shape mismatches.
+    """
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(state))
+        if state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected),
+                             ("shape mismatch", shapes)):  # fmt: skip
+            if items:
+                problems.append(f"{label} ({len(items)}): {_preview(items)}")
+        raise CheckpointError(
+            f"{source}: weights of another architecture or config; " + "; ".join(problems)
+        )
+    model.load_state_dict(state, strict=True)
+
+
+def export_weights(
+    checkpoint: str | os.PathLike,
+    out: str | os.PathLike,
+    max_bytes: int | None = MAX_WEIGHTS_BYTES,
+) -> Path:
+    """Write a training checkpoint's model as a shippable ``.safetensors`` weights file.
+
+    Args:
+        checkpoint: the ``.pt`` training checkpoint (e.g. ``best.pt``).
+        out: the ``.safetensors`` file to write.
+        max_bytes: refuse to write a larger file (None: no limit).
+
+    Returns:
+        The written path.
+
+    Raises:
+        CheckpointError: the checkpoint is unreadable, or the weights exceed ``max_bytes``.
+    """
+    ckpt = load_checkpoint(checkpoint)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    if max_bytes is not None and size > max_bytes:
+        raise CheckpointError(
+            f"{checkpoint}: weights take {size / 2**20:.1f} MiB, more than the "
+            f"{max_bytes / 2**20:.1f} MiB limit of shipped weights"
+        )
+    metadata = {
+        "format": WEIGHTS_FORMAT,
+        "config": json.dumps(ckpt["config"]),
+        "code_version": json.dumps(ckpt.get("code_version", code_version())),
+        "step": str(ckpt.get("step", 0)),
+        "metrics": json.dumps(ckpt.get("metrics", {})),
+    }
+    out = Path(out)
+    atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return out
+
+
+def weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
+    """The decoded metadata of a weights file (config, code version, step, metrics).
+
+    Args:
+        path: the ``.safetensors`` file.
+
+    Returns:
+        The metadata with JSON values decoded.
+
+    Raises:
+        CheckpointError: the file is corrupt or not a cvloc weights file.
+    """
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(
+            f"{path}: unreadable weights file, corrupt or truncated ({_first_line(exc)})"
+        ) from exc
+    if meta.get("format") != WEIGHTS_FORMAT or "config" not in meta:
+        raise CheckpointError(f"{path}: not a {WEIGHTS_FORMAT} file (no config in metadata)")
+    try:
+        return {k: v if k == "format" else json.loads(v) for k, v in meta.items()}
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: corrupt metadata ({exc})") from exc
+
+
+def check_same_model(ckpt_config: Mapping[str, Any], cfg: ExperimentConfig, source: str) -> None:
+    """Refuse a checkpoint whose model config differs from ``cfg.model``.
+
+    Args:
+        ckpt_config: the checkpoint's stored config dict.
+        cfg: the current experiment config.
+        source: the checkpoint path, for the message.
+
+    Raises:
+        CheckpointError: the model sections differ (the message names every key).
+    """
+    diffs = config_differences(ckpt_config.get("model", {}), config_to_dict(cfg.model), "model.")
+    if diffs:
+        raise CheckpointError(
+            f"{source}: the checkpoint's model config differs from the current one: "
+            + "; ".join(diffs)
+        )
+
+
+def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    meta = weights_metadata(path)
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable weights ({_first_line(exc)})") from exc
+    return state, meta["config"]
+
+
+def _preview(items: list[str], limit: int = 8) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... (+{len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,300 @@
+"""Typed experiment configuration: dataclasses, YAML presets and command-line overrides.
+
+An :class:`ExperimentConfig` has four sections (``data``, ``model``, ``train``, ``eval``).
+Presets (``cvloc/configs/*.yaml``, package data) state what differs from the defaults;
+overrides are dotlists: ``load_config("overfit", ["train.lr=1e-4"])``. Loading is strict:
+a bad key, type or value raises :class:`ConfigError` naming the key and its source.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from cvloc.engine.structured import (
+    ConfigError,
+    build_structured,
+    check_fields,
+    find_yaml,
+    list_yaml,
+    to_plain,
+    yaml_layers,
+)
+from cvloc.models import DenseFlowConfig
+
+__all__ = [
+    "ConfigError", "DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "TrainConfig",
+    "config_from_dict", "config_to_dict", "config_to_yaml", "list_presets", "load_config",
+]  # fmt: skip
+DATASETS = ("synthetic", "pairs")
+METHODS = ("denseflow",)
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda")
+SYNTHETIC_AREAS = ("same", "cross")
+# The shipped presets: package data, so that they work from an installed package too.
+PRESETS_DIR = Path(str(resources.files("cvloc") / "configs"))
+
+
+@dataclass
+class DataConfig:
+    """Which pairs to train and validate on (never a test split).
+
+    Synthetic: the ``train`` and ``val`` splits; pairs: ``root`` and ``val_root``.
+
+    Attributes:
+        dataset: ``"synthetic"`` (generated on the fly) or ``"pairs"`` (``cvloc-pairs/1``).
+        preset: synthetic preset (``kitti``, ``kitti-small``, ``vigor``, ``vigor-small``).
+        area: synthetic area, ``"same"`` or ``"cross"``.
+        root: ``pairs`` directory of the training pairs.
+        val_root: validation ``pairs``; None holds out the last ``num_val`` of ``root``.
+        num_train: synthetic training pairs per epoch (generator indices 0 .. num_train-1).
+        num_val: validation pairs.
+        seed: synthetic world seed.
+        batch_size: pairs per optimizer step and process.
+        num_workers: DataLoader worker processes (0 loads in the main process).
+        yaw_range_deg: replaces the synthetic prior's heading noise half-width (degrees).
+        resample_each_epoch: fresh synthetic prior noise every epoch; False replays epoch
+            0's pairs (a fixed set, to overfit while debugging).
+        cache_train: keep training items in memory after first use (a synthetic pair takes
+            ~1 s to make); needs ``resample_each_epoch`` false and ``num_workers`` 0.
+        cache_val: keep the (fixed) validation items in memory, loaded in the main process.
+    """
+
+    dataset: str = "synthetic"
+    preset: str = "kitti-small"
+    area: str = "same"
+    root: str | None = None
+    val_root: str | None = None
+    num_train: int = 1000
+    num_val: int = 100
+    seed: int = 0
+    batch_size: int = 4
+    num_workers: int = 0
+    yaw_range_deg: float | None = None
+    resample_each_epoch: bool = True
+    cache_train: bool = False
+    cache_val: bool = True
+
+    def __post_init__(self) -> None:
+        choices = {"dataset": DATASETS, "area": SYNTHETIC_AREAS}
+        check_fields(
+            "data", self, choices, ("num_train", "num_val", "batch_size"), ("num_workers",)
+        )
+        if self.dataset == "pairs" and not self.root:
+            raise ValueError("data.root: the pairs dataset needs a directory")
+        if self.yaw_range_deg is not None and not 0 <= self.yaw_range_deg <= 180:
+            raise ValueError(f"data.yaw_range_deg must be in [0, 180], got {self.yaw_range_deg}")
+        if self.cache_train and (self.num_workers or self.resample_each_epoch):
+            raise ValueError("data.cache_train needs num_workers=0 and resample_each_epoch=false")
+
+
+@dataclass
+class ModelConfig:
+    """The localizer and its hyper-parameters.
+
+    Attributes:
+        method: ``"denseflow"``.
+        denseflow: DenseFlow's hyper-parameters (used when ``method == "denseflow"``).
+    """
+
+    method: str = "denseflow"
+    denseflow: DenseFlowConfig = field(default_factory=DenseFlowConfig)
+
+    def __post_init__(self) -> None:
+        check_fields("model", self, {"method": METHODS})
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, loss weights, logging and checkpointing.
+
+    Learning-rate schedules (:func:`cvloc.engine.builders.lr_factor`), W = ``warmup_steps``:
+    ``"constant"`` (linear warm-up over W steps, then ``lr``), ``"onecycle"`` (RAFT and the
+    official DenseFlow: ``lr / 25`` up to ``lr`` over W steps, then linearly down to 0 at
+    the last step) and ``"cosine"`` (warm-up, then half a cosine down to 0).
+
+    Loss weights (eq. 7): ``beta`` and ``kappa`` take their ``*_initial`` values for epochs
+    0 .. ``switch_epoch`` - 1, then their ``*_final`` values (the paper: after 15 of 25).
+
+    Attributes:
+        epochs: training epochs.
+        steps_per_epoch: optimizer steps per epoch; None = one pass over the training set.
+        lr: peak learning rate.
+        betas: Adam's (beta1, beta2).
+        weight_decay: Adam's L2 penalty (``adam``) or decoupled decay (``adamw``).
+        optimizer: ``"adam"`` (the paper) or ``"adamw"`` (the official code).
+        schedule: ``"constant"``, ``"onecycle"`` or ``"cosine"`` (see above).
+        warmup_steps: W, the warm-up length in optimizer steps.
+        grad_clip: maximum gradient L2 norm; None disables clipping.
+        alpha: confidence loss weight (eq. 7).
+        beta_initial: position loss weight (eq. 7) before ``switch_epoch``.
+        beta_final: position loss weight from ``switch_epoch`` on.
+        kappa_initial: confidence temperature (eq. 5) before ``switch_epoch``.
+        kappa_final: confidence temperature from ``switch_epoch`` on.
+        switch_epoch: first epoch (0-based) with the final beta and kappa.
+        iter_gamma: weight gamma^(n-1-i) of GRU iteration i of n; 1.0 is the paper's plain
+            sum over iterations (eq. 7), 0.8 RAFT's decay.
+        use_matching_loss: keep eq. 4's term (False: ablation).
+        use_position_loss: keep eq. 6's term.
+        use_confidence_loss: keep eq. 5's term.
+        amp: autocast + gradient scaling on CUDA (ignored on CPU).
+        device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
+        num_threads: CPU threads for torch (None keeps torch's default).
+        log_every: optimizer steps between TensorBoard scalar logs.
+        image_every: optimizer steps between TensorBoard image panels (0 = never).
+        val_every: optimizer steps between validations; 0 validates at every epoch end.
+        out_dir: output directory (checkpoints, ``config.yaml``, TensorBoard events).
+        resume: continue from ``out_dir/last.pt``.
+        max_nonfinite_steps: abort after more consecutive non-finite losses than this.
+        seed: seed of the model initialisation and of the data order.
+    """
+
+    epochs: int = 25
+    steps_per_epoch: int | None = None
+    lr: float = 2e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    grad_clip: float | None = None
+    alpha: float = 100.0
+    beta_initial: float = 1.0
+    beta_final: float = 10.0
+    kappa_initial: float = 200.0
+    kappa_final: float = 20.0
+    switch_epoch: int = 15
+    iter_gamma: float = 1.0
+    use_matching_loss: bool = True
+    use_position_loss: bool = True
+    use_confidence_loss: bool = True
+    amp: bool = False
+    device: str = "auto"
+    num_threads: int | None = None
+    log_every: int = 20
+    image_every: int = 500
+    val_every: int = 0
+    out_dir: str = "runs/default"
+    resume: bool = False
+    max_nonfinite_steps: int = 10
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES}
+        positive = ("epochs", "steps_per_epoch", "lr", "log_every", "kappa_initial",
+                    "kappa_final", "num_threads")  # fmt: skip
+        non_negative = ("warmup_steps", "image_every", "val_every", "max_nonfinite_steps")
+        check_fields("train", self, choices, positive, non_negative)
+        if not 0 < self.iter_gamma <= 1:
+            raise ValueError(f"train.iter_gamma must be in (0, 1], got {self.iter_gamma}")
+        if not (self.use_matching_loss or self.use_position_loss or self.use_confidence_loss):
+            raise ValueError("train.use_*_loss: at least one loss term must stay enabled")
+
+
+@dataclass
+class EvalConfig:
+    """Test-time settings, read by evaluation only (training never touches the test split).
+
+    Attributes:
+        split: synthetic split to evaluate (``"test"``).
+        area: synthetic area (``"same"`` or ``"cross"``).
+        num: number of test pairs.
+        batch_size: pairs per forward pass.
+    """
+
+    split: str = "test"
+    area: str = "same"
+    num: int = 500
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        check_fields("eval", self, {"area": SYNTHETIC_AREAS}, positive=("num", "batch_size"))
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment.
+
+    Attributes:
+        data: training and validation data.
+        model: the localizer.
+        train: optimisation and logging.
+        eval: test-time settings.
+    """
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+def list_presets() -> list[str]:
+    """Names of the shipped presets (``cvloc/configs/NAME.yaml``).
+
+    Returns:
+        Sorted names.
+    """
+    return list_yaml(PRESETS_DIR)
+
+
+def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Load a preset (by name) or a YAML file, then apply dotlist overrides.
+
+    Args:
+        name_or_path: a preset name (see :func:`list_presets`) or a path to a YAML file.
+        overrides: ``key=value`` strings, e.g. ``["train.lr=1e-4", "data.batch_size=2"]``.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: no such preset or file, bad YAML, or a bad key, type or value.
+    """
+    path = find_yaml(name_or_path, PRESETS_DIR)
+    return build_structured(ExperimentConfig, yaml_layers(path, overrides))
+
+
+def config_from_dict(data: dict[str, Any], source: str = "dict") -> ExperimentConfig:
+    """Rebuild a configuration from :func:`config_to_dict` output (e.g. a checkpoint's).
+
+    Args:
+        data: nested plain dict.
+        source: its origin, for error messages.
+
+    Returns:
+        The validated configuration.
+
+    Raises:
+        ConfigError: as :func:`load_config` (e.g. a key that this version dropped).
+    """
+    return build_structured(ExperimentConfig, [(source, data)])
+
+
+def config_to_dict(cfg: ExperimentConfig | Any) -> dict[str, Any]:
+    """A configuration (or one of its sections) as a nested dict of plain values.
+
+    Args:
+        cfg: a config dataclass.
+
+    Returns:
+        Nested dict of plain values; tuples become lists, as in JSON.
+    """
+    return to_plain(OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True))
+
+
+def config_to_yaml(cfg: ExperimentConfig) -> str:
+    """A configuration as YAML text that :func:`load_config` reads back.
+
+    Args:
+        cfg: the configuration.
+
+    Returns:
+        The YAML text (``config.yaml`` of a run).
+    """
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

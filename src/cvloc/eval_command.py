@@ -1,0 +1,187 @@
+"""``cvloc eval``: evaluate a checkpoint or a baseline on pairs, print Table 1, write JSON.
+
+Examples::
+
+    cvloc eval --method classical --dataset synthetic --preset kitti-small --num 50
+    cvloc eval --checkpoint runs/exp/best.pt --data pairs/test --json metrics.json
+    cvloc eval --checkpoint NAME --dataset kitti --root /data/KITTI --split test2
+
+Data come from a ``cvloc-pairs/1`` directory (``--data DIR``) or from any dataset of
+:func:`cvloc.data.registry.build_dataset` (``--dataset NAME``: ``synthetic``, generated on
+the fly, or a real benchmark with ``--root DIR``), so a newly registered dataset needs no
+change here. User errors (a missing checkpoint or directory, an unknown dataset) print one
+line and exit with status 2. Heavy modules are imported only when the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_USAGE = 2
+SYNTHETIC_DEFAULTS = {"preset": "kitti-small", "seed": 0}
+METHODS = ("prior", "classical")
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``cvloc eval``.
+
+    Args:
+        parser: the sub-command parser.
+    """
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument(
+        "--checkpoint", metavar="NAME_OR_PATH", help="a .pt / .safetensors file or weights name"
+    )
+    model.add_argument("--method", choices=METHODS, help="a non-learned baseline")
+    data = parser.add_mutually_exclusive_group(required=True)
+    data.add_argument("--data", metavar="DIR", help="a cvloc-pairs/1 directory")
+    data.add_argument(
+        "--dataset",
+        metavar="NAME",
+        help="a registered dataset: synthetic, or a benchmark (kitti, ford, vigor, oxford) "
+        "with --root",
+    )
+    parser.add_argument("--root", metavar="DIR", help="the benchmark's root directory")
+    parser.add_argument("--split", default="test", help="split (default: test)")
+    parser.add_argument(
+        "--area", choices=("same", "cross"), help="synthetic / VIGOR area (default: same)"
+    )
+    synth = parser.add_argument_group("synthetic dataset (--dataset synthetic)")
+    synth.add_argument(
+        "--preset", help="generator preset (default: the checkpoint's, else kitti-small)"
+    )
+    synth.add_argument("--num", type=int, default=100, help="number of pairs (default: 100)")
+    synth.add_argument(
+        "--seed", type=int, help="world seed (default: the checkpoint's training seed, else 0)"
+    )
+    parser.add_argument("--json", metavar="OUT", help="write the metrics JSON here")
+    parser.add_argument("--batch-size", type=int, default=1, help="pairs per forward pass")
+    parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``cvloc eval``.
+
+    Args:
+        args: the parsed options of :func:`add_arguments`.
+
+    Returns:
+        0 on success, 2 on a user error.
+    """
+    try:
+        return _run(args)
+    except UsageError as exc:
+        print(f"cvloc eval: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from cvloc.evaluate import evaluate
+    from cvloc.metrics import format_metrics_table
+
+    for name in ("batch_size", "num", "limit"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    device = _device(args.device)
+    torch.manual_seed(0)  # evaluation is deterministic; this pins any stray randomness
+    model, method, defaults = _model(args, device)
+    dataset, source = _dataset(args, defaults)
+    if args.limit is not None and args.limit < len(dataset):
+        dataset = torch.utils.data.Subset(dataset, range(args.limit))
+    result = evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=device,
+        progress=sys.stderr.isatty(),
+        method=method,
+        checkpoint=args.checkpoint,
+    )
+    result["data"] = source
+    print(format_metrics_table({method: result}, title=f"{method} on {source}"))
+    print(f"{result['num_samples']} pairs, {result['seconds_per_pair']:.4f} s per pair")
+    if "flow_epe_px" in result:
+        print(f"flow EPE {result['flow_epe_px']:.2f} px")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(_plain_json(result), indent=1) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+def _device(name: str) -> Any:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise UsageError(f"--device {name!r}: {exc}") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {name!r}: CUDA is not available on this machine")
+    return device
+
+
+def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, Any]]:
+    """(model, method name, synthetic defaults taken from the checkpoint's config)."""
+    if args.method is not None:
+        from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
+
+        model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
+        return model, args.method, dict(SYNTHETIC_DEFAULTS)
+    from cvloc.checkpoint import CheckpointError, load_model
+
+    try:
+        model, cfg = load_model(args.checkpoint, device)
+    except FileNotFoundError as exc:
+        raise UsageError(f"checkpoint {args.checkpoint!r} not found: {exc}") from exc
+    except CheckpointError as exc:
+        raise UsageError(f"checkpoint {args.checkpoint!r} cannot be loaded: {exc}") from exc
+    return model, cfg.model.method, {"preset": cfg.data.preset, "seed": cfg.data.seed}
+
+
+def _dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[Any, str]:
+    """(dataset, a short description of it for the table title and the JSON)."""
+    from cvloc.data.registry import build_dataset
+
+    if args.data is not None:
+        name, root, options, source = "pairs", args.data, {}, str(args.data)
+    elif args.dataset == "synthetic":
+        preset = args.preset or defaults["preset"]
+        seed = defaults["seed"] if args.seed is None else args.seed
+        area = args.area or "same"
+        name, root = "synthetic", None
+        options = {"preset": preset, "num": args.num, "area": area, "seed": seed}
+        source = f"synthetic {preset} {args.split}/{area} seed {seed}"
+    else:
+        name, root, source = args.dataset, args.root, f"{args.dataset} {args.split}"
+        options = {} if args.area is None else {"area": args.area}
+    try:
+        return build_dataset(name, root, args.split, **options), source
+    except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        raise UsageError(f"{'--data' if args.data else '--dataset ' + name}: {message}") from exc
+
+
+def _plain_json(value: Any) -> Any:
+    """Non-finite floats (undefined metrics) become null: the file stays strict JSON."""
+    if isinstance(value, dict):
+        return {k: _plain_json(v) for k, v in value.items()}
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,91 @@
+"""All-pairs correlation pyramid and its windowed lookup (DenseFlow section 3.2, RAFT).
+
+Every refined BEV cell is compared with every satellite cell by a scaled dot product,
+giving a 4-D volume (B, H, W, H2, W2); 2x2 average pooling of the last two dimensions gives
+the coarser levels (paper section 3.2). The pyramid is built once per forward pass and
+indexed at every GRU iteration around the current match position of each BEV cell.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from cvloc.geometry.checks import ShapeError, check_shape
+
+
+class CorrPyramid:
+    """Correlation pyramid between BEV and satellite features (plain class, no parameters).
+
+    Level 0 holds corr[b, i, j, k, l] = <bev[b, :, i, j], sat[b, :, k, l]> / sqrt(C);
+    level n is level n - 1 average-pooled 2x2 over (k, l), so its cell l covers level-0
+    cells 2^n l ... 2^n (l + 1) - 1. Computed in float32 even under autocast.
+
+    Args:
+        bev: (B, C, H, W) refined BEV features.
+        sat: (B, C, H2, W2) satellite features; H2 and W2 at least 2^(levels - 1).
+        levels: number of pyramid levels (4 in the paper).
+        radius: lookup radius r; each level contributes a (2r + 1)^2 window (4 in the paper).
+    """
+
+    def __init__(self, bev: torch.Tensor, sat: torch.Tensor, levels: int, radius: int) -> None:
+        check_shape(bev, ["B", "C", "H", "W"], "bev")
+        check_shape(sat, [bev.shape[0], bev.shape[1], "H2", "W2"], "sat")
+        if levels < 1 or radius < 0:
+            raise ValueError(f"need levels >= 1 and radius >= 0, got {levels}, {radius}")
+        B, C, H, W = bev.shape
+        H2, W2 = sat.shape[-2:]
+        if min(H2, W2) < 2 ** (levels - 1):
+            raise ShapeError(f"sat: {H2}x{W2} cells are too few for {levels} pyramid levels")
+        self.levels, self.radius = levels, radius
+        self.bev_shape = (B, H, W)
+        with torch.autocast(device_type=bev.device.type, enabled=False):
+            a = bev.float().flatten(2).transpose(1, 2)  # B,HW,C
+            corr = (a @ sat.float().flatten(2)) / math.sqrt(C)  # B,HW,H2W2
+        corr = corr.reshape(B * H * W, 1, H2, W2)
+        self.pyramid = [corr]
+        for _ in range(levels - 1):
+            corr = F.avg_pool2d(corr, 2, stride=2)
+            self.pyramid.append(corr)
+
+    @property
+    def channels(self) -> int:
+        """Channels of a lookup result, levels (2r + 1)^2."""
+        return self.levels * (2 * self.radius + 1) ** 2
+
+    def lookup(self, coords: torch.Tensor) -> torch.Tensor:
+        """Sample a (2r + 1)^2 window of every level around each BEV cell's match.
+
+        Convention: ``coords[b, :, i, j] = (x, y)`` is the position on the satellite
+        feature grid matched to BEV cell (i, j), in level-0 cells: x along columns (east),
+        y along rows (south), integer values at cell centres. Level n samples at
+        (x + 0.5) / 2^n - 0.5 (the exact centre of the pooled cells, where RAFT uses
+        x / 2^n), at integer offsets (dx, dy) in [-r, r]^2, bilinearly; positions outside
+        the grid interpolate towards zero. Output channel
+        n (2r + 1)^2 + (dy + r)(2r + 1) + (dx + r) holds level n at offset (dx, dy).
+
+        Args:
+            coords: (B, 2, H, W) match positions in satellite feature cells.
+
+        Returns:
+            (B, levels (2r + 1)^2, H, W) correlation features, float32.
+        """
+        B, H, W = self.bev_shape
+        check_shape(coords, [B, 2, H, W], "coords")
+        r = self.radius
+        with torch.autocast(device_type=coords.device.type, enabled=False):
+            offsets = torch.arange(-r, r + 1, dtype=torch.float32, device=coords.device)
+            dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+            delta = torch.stack([dx, dy], dim=-1)  # 2r+1,2r+1,2 as (x, y)
+            centre = coords.float().permute(0, 2, 3, 1).reshape(B * H * W, 1, 1, 2)
+            out = []
+            for level, corr in enumerate(self.pyramid):
+                xy = (centre + 0.5) / 2**level - 0.5 + delta  # BHW,2r+1,2r+1,2
+                size = xy.new_tensor([corr.shape[-1], corr.shape[-2]])
+                # align_corners=False: cell centre x maps to (2x + 1) / size - 1.
+                grid = (2.0 * xy + 1.0) / size - 1.0
+                window = F.grid_sample(corr, grid, mode="bilinear", align_corners=False)
+                out.append(window.reshape(B, H, W, -1))
+        return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()

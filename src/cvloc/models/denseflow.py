@@ -1,0 +1,272 @@
+"""DenseFlow: dense BEV-to-satellite flow and least-squares pose (Song et al., NeurIPS 2023).
+
+Composition only; every stage lives in its own module: encoders (:mod:`.encoders`), the
+ground-to-BEV projection at the prior pose (:func:`cvloc.geometry.bev.bev_from_prior`),
+the RefineBlock (:mod:`.refine`), the correlation pyramid (:mod:`.corr`), the recurrent
+update (:mod:`.update`) and the pose from the flow (:mod:`.pose_head`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
+from cvloc.geometry.checks import ShapeError, check_shape
+from cvloc.models.corr import CorrPyramid
+from cvloc.models.encoders import (
+    OUTPUT_STRIDE,
+    EncoderConfig,
+    ResNetEncoder,
+    load_pretrained,
+)
+from cvloc.models.pose_head import pose_from_flow
+from cvloc.models.refine import RefineBlock
+from cvloc.models.update import UpdateBlock, UpdateConfig, convex_upsample, upsample_flow
+
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class DenseFlowConfig:
+    """DenseFlow hyper-parameters (defaults: the paper, section 4.3, and RAFT).
+
+    Attributes:
+        encoder: backbone of the ground, satellite and context encoders (ResNet-18).
+        update: widths of the motion encoder and heads.
+        out_dim: channels of the ground / satellite features (256).
+        hidden_dim: channels of the GRU state (128).
+        context_dim: channels of the context features (128).
+        corr_levels: correlation pyramid levels (4).
+        corr_radius: correlation lookup radius (4).
+        iters: GRU iterations (12).
+        stride: satellite pixels per feature cell; must be the encoders' stride, 8.
+        use_ground_projection: False replaces the geometric projection by a bilinear resize
+            of the ground feature map onto the satellite feature grid, every cell visible
+            (ablation "w/o Ground Feature Projection", table 5).
+        use_refine_block: False makes the RefineBlock the identity (ablation, table 5).
+        use_confidence: False drops the confidence head; the pose weights are the
+            visibility only and ``confidence_iters`` are all ones (ablation, table 5).
+        mixed_precision: autocast the CNNs and the GRU on CUDA (the geometry, correlation,
+            upsampling and pose stay in float32). No effect on CPU.
+        amp_dtype: ``"bfloat16"`` (no loss scaling needed) or ``"float16"``.
+        pose_stride: the pose head uses every ``pose_stride``-th full-resolution pixel.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    update: UpdateConfig = field(default_factory=UpdateConfig)
+    out_dim: int = 256
+    hidden_dim: int = 128
+    context_dim: int = 128
+    corr_levels: int = 4
+    corr_radius: int = 4
+    iters: int = 12
+    stride: int = OUTPUT_STRIDE
+    use_ground_projection: bool = True
+    use_refine_block: bool = True
+    use_confidence: bool = True
+    mixed_precision: bool = False
+    amp_dtype: str = "bfloat16"
+    pose_stride: int = 1
+
+    def __post_init__(self) -> None:
+        if self.stride != OUTPUT_STRIDE:
+            raise ValueError(f"stride must be the encoders' output stride {OUTPUT_STRIDE}")
+        sizes = (self.out_dim, self.hidden_dim, self.context_dim, self.corr_levels)
+        if min(sizes) < 1 or self.iters < 1 or self.pose_stride < 1 or self.corr_radius < 0:
+            raise ValueError(f"sizes, iters and pose_stride must be positive, got {self}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+
+
+class DenseFlow(nn.Module):
+    """Ground + satellite images and a prior pose -> dense flow, confidence and 3-DoF pose.
+
+    ``forward(batch)`` reads the keys of :attr:`required_keys` (schema:
+    :mod:`cvloc.data.batch`; never the ground-truth pose or extrinsics) and returns a new
+    dict; s = stride, Hs x Ws the satellite size:
+
+    - ``flow_iters``: list of ``iters`` (B, 2, Hs, Ws) flows in satellite pixels: BEV pixel
+      (u, v), placed with the prior pose, matches satellite pixel (u, v) + flow.
+    - ``confidence_iters``: list of ``iters`` (B, 1, Hs, Ws) match scores in [0, 1].
+    - ``bev_valid``: (B, 1, Hs, Ws) float 0/1, BEV cells seen by the ground camera.
+    - ``camera_uv_pred`` (B, 2), ``camera_xy_pred`` (B, 2), ``yaw_deg_pred`` (B,): the pose.
+    - ``match_src_uv``, ``match_dst_uv`` (B, N, 2), ``match_weight`` (B, N): the
+      correspondences of the pose head (N = (Hs / pose_stride) (Ws / pose_stride)).
+
+    Args:
+        config: hyper-parameters; the default is the paper's model.
+    """
+
+    required_keys: ClassVar[tuple[str, ...]] = (
+        "ground",
+        "satellite",
+        "camera_model",
+        "K",
+        "camera_height_m",
+        "m_per_px",
+        "sat_center_uv",
+        "camera_uv_prior",
+        "yaw_deg_prior",
+    )
+
+    def __init__(self, config: DenseFlowConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config if config is not None else DenseFlowConfig()
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim)
+        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim)
+        self.context_encoder = ResNetEncoder(cfg.encoder, cfg.hidden_dim + cfg.context_dim)
+        if cfg.encoder.pretrained_path is not None:
+            for encoder in (self.ground_encoder, self.satellite_encoder, self.context_encoder):
+                load_pretrained(encoder, cfg.encoder.pretrained_path)
+        self.refine = RefineBlock(cfg.out_dim, cfg.use_refine_block, cfg.encoder.norm)
+        corr_channels = cfg.corr_levels * (2 * cfg.corr_radius + 1) ** 2
+        self.update = UpdateBlock(
+            cfg.hidden_dim,
+            cfg.context_dim,
+            corr_channels,
+            cfg.stride,
+            cfg.use_confidence,
+            cfg.update,
+        )
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Estimate the flow, the confidence and the pose of a batch.
+
+        Args:
+            batch: dict with :attr:`required_keys`: ``ground`` (B, 3, Hg, Wg) and
+                ``satellite`` (B, 3, Hs, Ws) in [0, 1] with all sizes divisible by 8,
+                ``camera_model`` (one model for the batch), ``K`` (B, 3, 3),
+                ``camera_height_m`` (B,), ``m_per_px`` (B,), ``sat_center_uv`` (B, 2),
+                ``camera_uv_prior`` (B, 2), ``yaw_deg_prior`` (B,).
+
+        Returns:
+            The prediction dict described in the class docstring.
+
+        Raises:
+            KeyError: required keys are missing.
+            ShapeError: an image has the wrong shape or size.
+        """
+        ground, satellite = self._check_batch(batch)
+        cfg = self.config
+        grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
+        with self._autocast(satellite.device):
+            # 1. Feature encoders CNN_g, CNN_s and the context encoder (sections 3.1, 3.2).
+            f_grd = self.ground_encoder(ground)
+            f_sat = self.satellite_encoder(satellite)
+            c_grd = self.context_encoder(ground)
+            # 2. Ground features and context to the BEV on the satellite feature grid at the
+            #    prior pose (eq. 1, flat ground), with the visibility of every cell.
+            bev, valid = self._to_bev(torch.cat([f_grd, c_grd], dim=1), batch, grid_hw)
+            f_bev, hidden, context = bev.split([cfg.out_dim, cfg.hidden_dim, cfg.context_dim], 1)
+            # 3. RefineBlock: F_g2s (eq. 2).
+            f_g2s = self.refine(f_bev)
+            # 4. All-pairs correlation pyramid, built once (section 3.2).
+            corr = CorrPyramid(f_g2s, f_sat, cfg.corr_levels, cfg.corr_radius)
+            # 5. GRU iterations from zero flow, upsampled to satellite pixels.
+            flow_iters, confidence_iters = self._iterate(
+                corr, torch.tanh(hidden), torch.relu(context), grid_hw
+            )
+        bev_valid = F.interpolate(valid[:, None].float(), scale_factor=cfg.stride)
+        # 6. Least-squares pose from the final flow, weights S = visibility x score (eq. 3).
+        pose = pose_from_flow(
+            flow_iters[-1],
+            bev_valid[:, 0] * confidence_iters[-1][:, 0],
+            *(batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")),
+            stride=cfg.pose_stride,
+        )
+        return {
+            "flow_iters": flow_iters,
+            "confidence_iters": confidence_iters,
+            "bev_valid": bev_valid,
+            "camera_uv_pred": pose.camera_uv,
+            "camera_xy_pred": pose.camera_xy,
+            "yaw_deg_pred": pose.yaw_deg,
+            "match_src_uv": pose.src_uv,
+            "match_dst_uv": pose.dst_uv,
+            "match_weight": pose.weight,
+        }
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
+        if not (self.config.mixed_precision and device.type == "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=getattr(torch, self.config.amp_dtype))
+
+    def _to_bev(
+        self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground features (B, C, h, w) -> BEV (B, C, H, W) and visibility (B, H, W)."""
+        if not self.config.use_ground_projection:
+            bev = F.interpolate(features, size=grid_hw, mode="bilinear", align_corners=False)
+            return bev, torch.ones_like(bev[:, 0], dtype=torch.bool)
+        camera_model = _camera_model(batch["camera_model"])
+        ground = batch["ground"]
+        return bev_from_prior(
+            features,
+            batch["K"] if camera_model == "pinhole" else None,
+            camera_model,
+            (ground.shape[-1], ground.shape[-2]),
+            batch["sat_center_uv"],
+            batch["m_per_px"],
+            batch["camera_uv_prior"],
+            batch["yaw_deg_prior"],
+            batch["camera_height_m"],
+            grid_hw,
+            float(self.config.stride),
+        )
+
+    def _iterate(
+        self,
+        corr: CorrPyramid,
+        hidden: torch.Tensor,
+        context: torch.Tensor,
+        grid_hw: tuple[int, int],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """RAFT's refinement loop; returns the upsampled flows and confidences."""
+        s = self.config.stride
+        B, device = hidden.shape[0], hidden.device
+        # Match positions in satellite feature cells, (x, y) = (column, row); the BEV grid
+        # is the satellite grid, so the initial matches are the cells themselves.
+        coords0 = satellite_grid_uv(*grid_hw, dtype=torch.float32, device=device)
+        coords0 = coords0.permute(2, 0, 1)[None].expand(B, -1, -1, -1)
+        coords1 = coords0
+        flows, confidences = [], []
+        for _ in range(self.config.iters):
+            coords1 = coords1.detach()
+            step = self.update(hidden, context, corr.lookup(coords1), coords1 - coords0)
+            hidden = step.hidden
+            coords1 = coords1 + step.delta_flow.float()  # F(t+1) = F(t) + delta(t)
+            flows.append(upsample_flow(coords1 - coords0, step.mask, s))
+            if step.confidence is None:
+                confidences.append(flows[-1].new_ones(B, 1, *flows[-1].shape[-2:]))
+            else:
+                confidences.append(convex_upsample(step.confidence, step.mask, s))
+        return flows, confidences
+
+    def _check_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        missing = [k for k in self.required_keys if k not in batch]
+        if missing:
+            raise KeyError(f"DenseFlow: batch misses keys {missing} (needs {self.required_keys})")
+        ground, satellite = batch["ground"], batch["satellite"]
+        check_shape(ground, ["B", 3, "Hg", "Wg"], "ground")
+        check_shape(satellite, [ground.shape[0], 3, "Hs", "Ws"], "satellite")
+        for name, image in (("ground", ground), ("satellite", satellite)):
+            if image.shape[-2] % OUTPUT_STRIDE or image.shape[-1] % OUTPUT_STRIDE:
+                raise ShapeError(
+                    f"{name}: height and width must be divisible by {OUTPUT_STRIDE}, "
+                    f"got {tuple(image.shape[-2:])}"
+                )
+        return ground, satellite
+
+
+def _camera_model(value: str | list[str]) -> str:
+    """The one camera model of a batch (``collate`` makes a list of strings)."""
+    models = {value} if isinstance(value, str) else set(value)
+    if len(models) != 1:
+        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
+    return models.pop()

@@ -1,0 +1,177 @@
+"""Checkpoints and weights files: safe loading, strictness, clear errors, name resolution."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+import cvloc.checkpoint as ckpt_mod
+from cvloc.checkpoint import (
+    CheckpointError,
+    check_same_model,
+    export_weights,
+    load_checkpoint,
+    load_model,
+    resolve_checkpoint,
+    save_checkpoint,
+    weights_metadata,
+)
+from cvloc.config import config_to_dict, load_config
+from cvloc.engine.builders import build_model
+from cvloc.engine.checkpoint import atomic_write, capture_rng_state, restore_rng_state
+
+
+@pytest.fixture
+def cfg():
+    return load_config("overfit")
+
+
+@pytest.fixture
+def checkpoint(tmp_path, cfg):
+    torch.manual_seed(0)
+    model = build_model(cfg.model)
+    path = tmp_path / "last.pt"
+    save_checkpoint(
+        path,
+        {
+            "model": model.state_dict(),
+            "config": config_to_dict(cfg),
+            "step": 7,
+            "metrics": {"location_median_m": 1.5},
+            "rng": capture_rng_state(),
+        },
+    )
+    return path, model
+
+
+def test_checkpoint_loads_with_weights_only(checkpoint):
+    path, _ = checkpoint
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == "cvloc-checkpoint/1"
+    assert raw["step"] == 7
+    assert not any(k.startswith("module.") for k in raw["model"])
+
+
+def test_load_model_restores_weights_and_config(checkpoint, cfg):
+    path, model = checkpoint
+    loaded, loaded_cfg = load_model(path)
+    assert loaded_cfg == cfg
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_missing_file_is_named(tmp_path):
+    path = tmp_path / "nothing.pt"
+    with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_corrupt_checkpoint_is_named(checkpoint, damage):
+    path, _ = checkpoint
+    data = path.read_bytes()
+    path.write_bytes(b"not a checkpoint" * 10 if damage == "garbage" else data[: len(data) // 2])
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    assert str(path) in str(err.value)
+    assert "corrupt" in str(err.value)
+
+
+def test_foreign_pickle_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="not a cvloc-checkpoint"):
+        load_checkpoint(path)
+
+
+def test_weights_of_another_architecture_name_the_keys(tmp_path, cfg):
+    other = load_config("overfit", ["model.denseflow.out_dim=24"])
+    path = tmp_path / "mixed.pt"
+    state = build_model(other.model).state_dict()
+    del state["refine.block.0.bias"]
+    save_checkpoint(path, {"model": state, "config": config_to_dict(cfg)})
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "shape mismatch" in message
+    assert "ground_encoder.proj.weight" in message
+    assert "missing (1): refine.block.0.bias" in message
+
+
+def test_resume_refuses_another_model_config(cfg):
+    saved = config_to_dict(load_config("overfit", ["model.denseflow.iters=3"]))
+    with pytest.raises(CheckpointError, match=r"model\.denseflow\.iters: checkpoint 3, now 2"):
+        check_same_model(saved, cfg, "last.pt")
+    check_same_model(config_to_dict(cfg), load_config("overfit", ["train.lr=1"]), "last.pt")
+
+
+def test_export_and_load_safetensors(checkpoint, tmp_path, cfg):
+    path, model = checkpoint
+    out = export_weights(path, tmp_path / "w.safetensors")
+    meta = weights_metadata(out)
+    assert meta["config"] == config_to_dict(cfg)
+    assert meta["metrics"] == {"location_median_m": 1.5}
+    loaded, loaded_cfg = load_model(out)
+    assert loaded_cfg == cfg
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_export_refuses_oversized_weights(checkpoint, tmp_path):
+    path, _ = checkpoint
+    with pytest.raises(CheckpointError, match="limit"):
+        export_weights(path, tmp_path / "w.safetensors", max_bytes=1000)
+    assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_corrupt_safetensors_is_named(tmp_path):
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(b"\x00" * 64)
+    with pytest.raises(CheckpointError, match=r"bad\.safetensors"):
+        load_model(path)
+
+
+def test_resolve_bare_name_in_weights_dir(checkpoint, tmp_path, monkeypatch):
+    path, _ = checkpoint
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    export_weights(path, weights / "tiny-model.safetensors")
+    monkeypatch.setattr(ckpt_mod, "weights_dir", lambda: weights)
+    assert resolve_checkpoint("tiny-model") == weights / "tiny-model.safetensors"
+    with pytest.raises(FileNotFoundError, match="tiny-model"):
+        resolve_checkpoint("other-model")  # the message lists what is available
+    with pytest.raises(FileNotFoundError, match=r"absent\.pt"):
+        resolve_checkpoint(tmp_path / "absent.pt")
+
+
+def test_rng_state_round_trip(tmp_path):
+    torch.manual_seed(1)
+    np.random.seed(1)
+    random.seed(1)
+    path = tmp_path / "rng.pt"
+    save_checkpoint(path, {"rng": capture_rng_state()})
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(99)
+    np.random.seed(99)
+    random.seed(99)
+    restore_rng_state(load_checkpoint(path)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    def failing(tmp: str) -> None:
+        with open(tmp, "w") as f:
+            f.write("partial")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(tmp_path / "x.pt", failing)
+    assert list(tmp_path.iterdir()) == []

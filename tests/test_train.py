@@ -1,0 +1,249 @@
+"""Training engine: the overfit preset learns, resumption is exact, failures are handled.
+
+Most tests train the ``overfit`` model on a few synthetic pairs written once per module as a
+``cvloc-pairs/1`` directory (generating a pair takes about a second; reading it back is
+fast).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import cvloc.engine.loop as loop
+from cvloc import cli
+from cvloc.checkpoint import CheckpointError, load_checkpoint
+from cvloc.config import load_config
+from cvloc.data.synthetic import command as synth_command
+from cvloc.engine.builders import lr_factor
+from cvloc.engine.distributed import DistInfo
+from cvloc.engine.logger import render_panel
+from cvloc.train import NonFiniteLossError, Trainer, train
+
+CPU = DistInfo(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    for split, num in (("train", 4), ("val", 1)):
+        parser = argparse.ArgumentParser()
+        synth_command.add_arguments(parser)
+        args = parser.parse_args(
+            [
+                "--preset",
+                "kitti-small",
+                "--split",
+                split,
+                "--num",
+                str(num),
+                "--out",
+                str(root / split),
+            ]
+        )
+        assert synth_command.run(args) == 0
+    return root
+
+
+def tiny_config(pairs, out_dir, *overrides):
+    """The overfit model on the pairs directory: 2 epochs of 2 steps of 2 pairs."""
+    return load_config(
+        "overfit",
+        [
+            "data.dataset=pairs",
+            f"data.root={pairs / 'train'}",
+            f"data.val_root={pairs / 'val'}",
+            f"train.out_dir={out_dir}",
+            "train.epochs=2",
+            *overrides,
+        ],
+    )
+
+
+def run(cfg, stop_at=None):
+    """Train; return the per-step losses (and raise KeyboardInterrupt after ``stop_at``)."""
+    losses = {}
+
+    def callback(step, parts):
+        losses[step] = parts["loss"]
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    result = train(cfg, callback)
+    return losses, result
+
+
+@pytest.fixture(scope="module")
+def reference(pairs, tmp_path_factory):
+    """An uninterrupted run: 4 steps with a validation after each epoch."""
+    out = tmp_path_factory.mktemp("reference")
+    return run(tiny_config(pairs, out, "train.val_every=0"))
+
+
+def test_overfit_preset_loss_falls(tmp_path):
+    cfg = load_config("overfit", [f"train.out_dir={tmp_path}", "train.image_every=4"])
+    losses, result = run(cfg)
+    per_epoch = [np.mean([losses[s] for s in (2 * e + 1, 2 * e + 2)]) for e in range(5)]
+    assert per_epoch[-1] < 0.95 * per_epoch[0], per_epoch
+    assert result.state.step == 10
+    assert {"last.pt", "best.pt", "config.yaml", "tensorboard"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
+    assert math.isfinite(result.state.metrics["location_median_m"])
+    assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize("stop_at", [2, 3])
+def test_resume_is_exact(pairs, tmp_path, reference, stop_at):
+    ref_losses, ref_result = reference
+    first_losses = {}
+
+    def callback(step, parts):
+        first_losses[step] = parts["loss"]
+        if step == stop_at:
+            raise KeyboardInterrupt
+
+    interrupted = Trainer(tiny_config(pairs, tmp_path), CPU, callback)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit()
+    # Ctrl-C saved the state after the last finished step.
+    saved = load_checkpoint(tmp_path / "last.pt")
+    assert saved["step"] == stop_at
+    for key, value in interrupted.unwrapped.state_dict().items():
+        assert torch.equal(saved["model"][key], value), key
+    assert first_losses == {s: ref_losses[s] for s in range(1, stop_at + 1)}
+    resumed_losses, resumed = run(tiny_config(pairs, tmp_path, "train.resume=true"))
+    assert sorted(resumed_losses) == list(range(stop_at + 1, 5))
+    for step, loss in resumed_losses.items():
+        assert loss == ref_losses[step], step
+    expected = ref_result.model.state_dict()
+    for key, value in resumed.model.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    assert resumed.state.best_metric == ref_result.state.best_metric
+
+
+def test_resume_refuses_another_model_config(pairs, tmp_path):
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(pairs, tmp_path), stop_at=1)
+    cfg = tiny_config(pairs, tmp_path, "train.resume=true", "model.denseflow.iters=3")
+    with pytest.raises(CheckpointError, match=r"model\.denseflow\.iters"):
+        train(cfg)
+
+
+def test_resume_without_checkpoint(pairs, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"last\.pt"):
+        train(tiny_config(pairs, tmp_path, "train.resume=true"))
+
+
+def nan_on_steps(monkeypatch, steps):
+    """Make the training loss NaN on the given 1-based training calls."""
+    real = loop.denseflow_loss
+    calls = {"n": 0}
+
+    def patched(pred, batch, cfg, epoch):
+        total, parts = real(pred, batch, cfg, epoch)
+        if torch.is_grad_enabled():  # training, not validation
+            calls["n"] += 1
+            if calls["n"] in steps:
+                total = total * float("nan")
+        return total, parts
+
+    monkeypatch.setattr(loop, "denseflow_loss", patched)
+
+
+def test_nonfinite_step_is_skipped(pairs, tmp_path, monkeypatch):
+    nan_on_steps(monkeypatch, {2})
+    snapshots, skipped = {}, {}
+
+    def callback(step, parts):
+        skipped[step] = parts["skipped"]
+        snapshots[step] = {k: v.clone() for k, v in trainer.unwrapped.state_dict().items()}
+
+    # Validation every 3 steps (and after the last) instead of at every epoch end.
+    trainer = Trainer(tiny_config(pairs, tmp_path, "train.val_every=3"), CPU, callback)
+    result = trainer.fit()
+    assert skipped == {1: 0.0, 2: 1.0, 3: 0.0, 4: 0.0}
+    assert result.state.nonfinite_total == 1
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 4
+    # No optimizer step on the NaN batch, and BatchNorm statistics are kept too.
+    for key, value in snapshots[1].items():
+        assert torch.equal(snapshots[2][key], value), key
+    assert any(not torch.equal(snapshots[3][k], v) for k, v in snapshots[2].items())
+
+
+def test_too_many_nonfinite_steps_abort(pairs, tmp_path, monkeypatch):
+    nan_on_steps(monkeypatch, set(range(1, 100)))
+    cfg = tiny_config(pairs, tmp_path, "train.max_nonfinite_steps=2")
+    with pytest.raises(NonFiniteLossError, match="max_nonfinite_steps=2") as err:
+        train(cfg)
+    assert "at step 3" in str(err.value)
+
+
+def test_steps_per_epoch_beyond_the_data_is_refused(pairs, tmp_path):
+    with pytest.raises(ValueError, match="steps_per_epoch=3"):
+        train(tiny_config(pairs, tmp_path, "train.steps_per_epoch=3"))
+
+
+def test_cli_train(pairs, tmp_path, monkeypatch):
+    head = ["train", "--config", "overfit"]
+    overrides = [
+        "data.dataset=pairs",
+        f"data.root={pairs / 'train'}",
+        f"data.val_root={pairs / 'val'}",
+        f"train.out_dir={tmp_path}",
+        "train.epochs=1",
+        "train.steps_per_epoch=1",
+    ]
+    assert cli.main([*head, *overrides]) == 0
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 1
+    assert cli.main([*head, *overrides, "train.lrr=1"]) == 2  # a config error, reported
+    # Resuming with another model config is refused with a message, not a traceback.
+    assert cli.main([*head, "--resume", *overrides, "model.denseflow.iters=3"]) == 2
+    monkeypatch.setattr(loop.Trainer, "fit", _raise_interrupt)
+    assert cli.main([*head, "--resume", *overrides]) == 130
+
+
+def _raise_interrupt(self):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("schedule", ["constant", "onecycle", "cosine"])
+def test_lr_schedules(schedule):
+    factors = [lr_factor(s, 100, schedule, warmup_steps=10) for s in range(101)]
+    assert max(factors) == pytest.approx(1.0)
+    assert all(0.0 <= f <= 1.0 for f in factors)
+    assert factors[0] < factors[10]  # warm-up
+    if schedule == "constant":
+        assert factors[10:] == [1.0] * 91
+    else:
+        assert factors[100] == pytest.approx(0.0, abs=1e-9)
+        assert all(a >= b for a, b in itertools.pairwise(factors[10:]))
+    if schedule == "onecycle":
+        assert factors[0] == pytest.approx(1 / 25)
+
+
+def test_panel_renders():
+    B, H = 1, 32
+    batch = {
+        "ground": torch.rand(B, 3, 16, 64),
+        "satellite": torch.rand(B, 3, H, H),
+        "camera_uv_prior": torch.tensor([[15.5, 15.5]]),
+        "yaw_deg_prior": torch.tensor([0.0]),
+        "camera_uv_gt": torch.tensor([[18.0, 12.0]]),
+        "yaw_deg_gt": torch.tensor([5.0]),
+    }
+    pred = {
+        "camera_uv_pred": torch.tensor([[17.0, 13.0]], requires_grad=True),
+        "yaw_deg_pred": torch.tensor([4.0], requires_grad=True),
+        "confidence_iters": [torch.rand(B, 1, H, H)],
+        "bev_valid": torch.ones(B, 1, H, H),
+    }
+    image = render_panel(batch, pred)
+    assert image.dtype == np.uint8
+    assert image.ndim == 3
+    assert image.shape[2] == 3
