@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -85,6 +87,20 @@ def reference(pairs, tmp_path_factory):
     return run(tiny_config(pairs, out, "train.val_every=0"))
 
 
+def test_sigterm_saves_like_ctrl_c(pairs, tmp_path):
+    # Schedulers and `kill` stop jobs with SIGTERM (and background jobs ignore SIGINT):
+    # it must save last.pt after the last finished step, as Ctrl-C does.
+    def callback(step, parts):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(tiny_config(pairs, tmp_path), CPU, callback).fit()
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 2
+    assert signal.getsignal(signal.SIGTERM) == previous  # the handler is scoped to training
+
+
 def test_overfit_preset_loss_falls(tmp_path):
     cfg = load_config("overfit", [f"train.out_dir={tmp_path}", "train.image_every=4"])
     losses, result = run(cfg)
@@ -142,7 +158,7 @@ def test_resume_without_checkpoint(pairs, tmp_path):
 
 def nan_on_steps(monkeypatch, steps):
     """Make the training loss NaN on the given 1-based training calls."""
-    real = loop.denseflow_loss
+    real = loop.loss_for_method("denseflow")
     calls = {"n": 0}
 
     def patched(pred, batch, cfg, epoch):
@@ -153,7 +169,7 @@ def nan_on_steps(monkeypatch, steps):
                 total = total * float("nan")
         return total, parts
 
-    monkeypatch.setattr(loop, "denseflow_loss", patched)
+    monkeypatch.setattr(loop, "loss_for_method", lambda method: patched)
 
 
 def test_nonfinite_step_is_skipped(pairs, tmp_path, monkeypatch):

@@ -25,14 +25,15 @@ from cvloc.engine.structured import (
     to_plain,
     yaml_layers,
 )
-from cvloc.models import DenseFlowConfig
+from cvloc.losses_finematch import FineMatchLossConfig
+from cvloc.models import DenseFlowConfig, FineMatchConfig
 
 __all__ = [
     "ConfigError", "DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "TrainConfig",
     "config_from_dict", "config_to_dict", "config_to_yaml", "list_presets", "load_config",
 ]  # fmt: skip
 DATASETS = ("synthetic", "pairs")
-METHODS = ("denseflow",)
+METHODS = ("denseflow", "finematch")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda")
@@ -99,12 +100,14 @@ class ModelConfig:
     """The localizer and its hyper-parameters.
 
     Attributes:
-        method: ``"denseflow"``.
+        method: ``"denseflow"`` or ``"finematch"``.
         denseflow: DenseFlow's hyper-parameters (used when ``method == "denseflow"``).
+        finematch: FineMatch's hyper-parameters (used when ``method == "finematch"``).
     """
 
     method: str = "denseflow"
     denseflow: DenseFlowConfig = field(default_factory=DenseFlowConfig)
+    finematch: FineMatchConfig = field(default_factory=FineMatchConfig)
 
     def __post_init__(self) -> None:
         check_fields("model", self, {"method": METHODS})
@@ -113,11 +116,6 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     """Optimisation, loss weights, logging and checkpointing.
-
-    Learning-rate schedules (:func:`cvloc.engine.builders.lr_factor`), W = ``warmup_steps``:
-    ``"constant"`` (linear warm-up over W steps, then ``lr``), ``"onecycle"`` (RAFT and the
-    official DenseFlow: ``lr / 25`` up to ``lr`` over W steps, then linearly down to 0 at
-    the last step) and ``"cosine"`` (warm-up, then half a cosine down to 0).
 
     Loss weights (eq. 7): ``beta`` and ``kappa`` take their ``*_initial`` values for epochs
     0 .. ``switch_epoch`` - 1, then their ``*_final`` values (the paper: after 15 of 25).
@@ -129,8 +127,9 @@ class TrainConfig:
         betas: Adam's (beta1, beta2).
         weight_decay: Adam's L2 penalty (``adam``) or decoupled decay (``adamw``).
         optimizer: ``"adam"`` (the paper) or ``"adamw"`` (the official code).
-        schedule: ``"constant"``, ``"onecycle"`` or ``"cosine"`` (see above).
-        warmup_steps: W, the warm-up length in optimizer steps.
+        schedule: ``"constant"``, ``"onecycle"`` or ``"cosine"``, as
+            :func:`cvloc.engine.builders.lr_factor` defines them.
+        warmup_steps: the linear warm-up length in optimizer steps.
         grad_clip: maximum gradient L2 norm; None disables clipping.
         alpha: confidence loss weight (eq. 7).
         beta_initial: position loss weight (eq. 7) before ``switch_epoch``.
@@ -138,8 +137,7 @@ class TrainConfig:
         kappa_initial: confidence temperature (eq. 5) before ``switch_epoch``.
         kappa_final: confidence temperature from ``switch_epoch`` on.
         switch_epoch: first epoch (0-based) with the final beta and kappa.
-        iter_gamma: weight gamma^(n-1-i) of GRU iteration i of n; 1.0 is the paper's plain
-            sum over iterations (eq. 7), 0.8 RAFT's decay.
+        iter_gamma: GRU iteration i of n weighs gamma^(n-1-i) (1.0: eq. 7, 0.8: RAFT).
         use_matching_loss: keep eq. 4's term (False: ablation).
         use_position_loss: keep eq. 6's term.
         use_confidence_loss: keep eq. 5's term.
@@ -153,6 +151,7 @@ class TrainConfig:
         resume: continue from ``out_dir/last.pt``.
         max_nonfinite_steps: abort after more consecutive non-finite losses than this.
         seed: seed of the model initialisation and of the data order.
+        finematch: FineMatch's loss weights (the DenseFlow ones above do not apply).
     """
 
     epochs: int = 25
@@ -184,6 +183,7 @@ class TrainConfig:
     resume: bool = False
     max_nonfinite_steps: int = 10
     seed: int = 0
+    finematch: FineMatchLossConfig = field(default_factory=FineMatchLossConfig)
 
     def __post_init__(self) -> None:
         choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "device": DEVICES}

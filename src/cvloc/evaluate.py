@@ -10,8 +10,9 @@ when the model and the data provide what they need:
 - CVFM-style match precision (``match_precision_{5,10,15}px``) for models returning
   ``match_src_uv`` / ``match_dst_uv`` / ``match_weight`` on data with pixel-level GT
   (``gt_sat_uv_grd``): each match is lifted to the ground-image location it stands for
-  (:func:`lift_matches_to_ground`) and judged against the GT satellite location there
-  (:func:`gt_at_ground_pixels`, bilinear between ground pixels).
+  (:func:`lift_matches_to_ground`, at the predicted ``match_height_m`` when the model
+  returns one, else on the flat ground) and judged against the GT satellite location
+  there (:func:`gt_at_ground_pixels`, bilinear between ground pixels).
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def evaluate(
             if "flow_iters" in pred:
                 flow.add(pred, batch)
             if "gt_sat_uv_grd" in batch and all(k in pred for k in MATCH_KEYS):
-                matches += batch_match_precision(pred, batch)
+                matches += batch_match_precision(pred, batch, pred.get("match_height_m"))
     stacked = {k: torch.cat(v) for k, v in poses.items()}
     metrics = localization_metrics(
         stacked["pred_xy"], stacked["gt_xy"], stacked["pred_yaw"], stacked["gt_yaw"]

@@ -1,4 +1,7 @@
-"""Training losses of DenseFlow (paper section 3.4, eq. 4-7).
+"""Training losses of DenseFlow (paper section 3.4, eq. 4-7), and the loss of each method.
+
+:func:`loss_for_method` picks the training loss of ``model.method``: :func:`denseflow_loss`
+here, :func:`cvloc.losses_finematch.finematch_loss` for FineMatch.
 
 Units: flows, flow errors and the translation part of the position loss are in satellite
 pixels of the input satellite image; the heading part is in degrees. The position loss
@@ -14,14 +17,20 @@ visible pixels contributes 0).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from cvloc.config import TrainConfig
 from cvloc.geometry.pose import wrap_deg
+from cvloc.losses_finematch import finematch_loss
 from cvloc.models.pose_head import flow_from_pose
 
+LossFn = Callable[
+    [dict[str, Any], dict[str, Any], TrainConfig, int],
+    tuple[torch.Tensor, dict[str, torch.Tensor]],
+]
 # Below this spread the flow errors of a sample are treated as all equal (eq. 5 guard).
 _STD_EPS = 1e-6
 
@@ -191,3 +200,22 @@ def denseflow_loss(
         "kappa": torch.tensor(kappa),
     }
     return total, parts
+
+
+def loss_for_method(method: str) -> LossFn:
+    """The training loss of a model method.
+
+    Args:
+        method: ``model.method`` (``"denseflow"`` or ``"finematch"``).
+
+    Returns:
+        ``(pred, batch, train_cfg, epoch) -> (total, parts)``; ``parts`` always holds the
+        detached ``loss`` and ``epe_final_px`` (the final matches' end-point error).
+
+    Raises:
+        ValueError: no loss for that method.
+    """
+    losses: dict[str, LossFn] = {"denseflow": denseflow_loss, "finematch": finematch_loss}
+    if method not in losses:
+        raise ValueError(f"no training loss for model.method {method!r}; one of {sorted(losses)}")
+    return losses[method]

@@ -97,3 +97,19 @@ def test_pixel_world_round_trip(dtype):
     assert torch.allclose(world_xy_to_pixel(xy, c, 0.2), uv)
     m = torch.tensor([0.1, 0.3], dtype=dtype)
     assert torch.allclose(world_xy_to_pixel(pixel_to_world_xy(uv, c, m), c, m), uv)
+
+
+def test_per_sample_scale_aligns_with_leading_dims():
+    # Regression: (B,) scales and (B, 2) centres with (B, N, 2) points when N == B used to
+    # broadcast against N (silently wrong).
+    B = N = 3
+    uv = torch.arange(B * N * 2, dtype=torch.float64).reshape(B, N, 2)
+    c = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], dtype=torch.float64)
+    m = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    xy = pixel_to_world_xy(uv, c, m)
+    for b in range(B):
+        assert torch.allclose(xy[b], pixel_to_world_xy(uv[b], c[b], float(m[b])))
+    assert torch.allclose(world_xy_to_pixel(xy, c, m), uv)
+    grid = torch.rand(2, 4, 5, 2, dtype=torch.float64)
+    out = pixel_to_world_xy(grid, c[:2], m[:2])
+    assert torch.allclose(out[1], pixel_to_world_xy(grid[1], c[1], float(m[1])))

@@ -27,7 +27,23 @@ def build_model(cfg: ModelConfig) -> nn.Module:
         from cvloc.models import DenseFlow
 
         return DenseFlow(cfg.denseflow)
+    if cfg.method == "finematch":
+        from cvloc.models import FineMatch
+
+        return FineMatch(cfg.finematch)
     raise ValueError(f"model.method {cfg.method!r} has no builder")
+
+
+def model_amp_dtype(cfg: ModelConfig) -> torch.dtype:
+    """The autocast dtype of the configured method (its ``amp_dtype``).
+
+    Args:
+        cfg: the model section.
+
+    Returns:
+        ``torch.bfloat16`` or ``torch.float16``.
+    """
+    return getattr(torch, getattr(cfg, cfg.method).amp_dtype)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -36,6 +36,7 @@ class TrainLogger:
     def __init__(self, out_dir: Path, enabled: bool, total_steps: int, initial_step: int) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
+        # The rate is measured from the first optimizer step (start-up excluded).
         self._t0: float | None = None
         self._step0 = initial_step
         self.writer = None
@@ -76,11 +77,13 @@ class TrainLogger:
         if self._t0 is None:
             self._t0, self._step0 = now, step
         done = step - self._step0
-        rate = (now - self._t0) / done if done > 0 else float("nan")
-        eta_h = rate * (self.total_steps - step) / 3600 if done > 0 else float("nan")
+        timing = ""
+        if done > 0:
+            rate = (now - self._t0) / done
+            timing = f", {rate:.2f} s/step, ETA {rate * (self.total_steps - step) / 3600:.1f} h"
         print(
-            f"step {step}/{self.total_steps}: loss {parts['loss']:.3f}, flow EPE "
-            f"{parts['epe_final_px']:.2f} px, {rate:.2f} s/step, ETA {eta_h:.1f} h",
+            f"step {step}/{self.total_steps}: loss {parts['loss']:.3f}, "
+            f"flow EPE {parts['epe_final_px']:.2f} px{timing}",
             flush=True,
         )
 
@@ -140,7 +143,7 @@ def render_panel(batch: dict[str, Any], pred: dict[str, Any], index: int = 0) ->
     Args:
         batch: the batch.
         pred: the model's prediction (``camera_uv_pred``, ``yaw_deg_pred``,
-            ``confidence_iters``, ``bev_valid``).
+            ``bev_valid``, and ``confidence_iters`` or else ``match_weight``).
         index: which pair of the batch.
 
     Returns:
@@ -158,7 +161,10 @@ def render_panel(batch: dict[str, Any], pred: dict[str, Any], index: int = 0) ->
     )
     for uv, yaw, color, style in poses:
         draw_pose(axes[1], _cpu(uv[index]), float(_cpu(yaw[index])), color, linestyle=style)
-    confidence = _cpu(pred["confidence_iters"][-1][index, 0] * pred["bev_valid"][index, 0])
+    if "confidence_iters" in pred:
+        confidence = _cpu(pred["confidence_iters"][-1][index, 0] * pred["bev_valid"][index, 0])
+    else:  # a matcher: the match weight of every BEV cell (zero where not visible)
+        confidence = _cpu(pred["match_weight"][index].reshape(pred["bev_valid"].shape[-2:]))
     axes[2].imshow(confidence, vmin=0.0, vmax=1.0, cmap="viridis", interpolation="nearest")
     axes[2].set_title("confidence x visibility (last iteration)", fontsize=9)
     axes[2].set_xticks([])

@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from cvloc.checkpoint import save_checkpoint
 from cvloc.config import ConfigError, ExperimentConfig, config_to_yaml
 from cvloc.engine import data as data_mod
-from cvloc.engine.builders import build_model, build_optimizer, build_scheduler
+from cvloc.engine.builders import build_model, build_optimizer, build_scheduler, model_amp_dtype
 from cvloc.engine.checkpoint import atomic_write, capture_rng_state, code_version
 from cvloc.engine.distributed import DistInfo, all_true, barrier, cleanup, init_distributed
 from cvloc.engine.logger import TrainLogger
@@ -38,10 +38,11 @@ from cvloc.engine.state import (
     TrainState,
     defer_sigint,
     restore_training,
+    terminate_as_interrupt,
     training_checkpoint,
 )
 from cvloc.engine.validate import validate
-from cvloc.losses import denseflow_loss
+from cvloc.losses import loss_for_method
 
 logger = logging.getLogger("cvloc.train")
 StepCallback = Callable[[int, dict[str, float]], None]
@@ -91,7 +92,8 @@ class Trainer:
         self.amp = tc.amp and info.device.type == "cuda"
         if tc.amp and not self.amp and info.is_main:
             logger.warning("train.amp=true has no effect on %s: training in float32", info.device)
-        self.amp_dtype = getattr(torch, cfg.model.denseflow.amp_dtype)
+        self.amp_dtype = model_amp_dtype(cfg.model)
+        self.loss_fn = loss_for_method(cfg.model.method)
         _seed_everything(tc.seed)
         self.unwrapped = build_model(cfg.model).to(info.device)
         self.model: nn.Module = self.unwrapped
@@ -142,18 +144,19 @@ class Trainer:
         if self.info.is_main:
             text = config_to_yaml(self.cfg)
             atomic_write(self.out_dir / "config.yaml", lambda tmp: Path(tmp).write_text(text))
-        try:
-            for epoch in range(self.state.epoch, self.cfg.train.epochs):
-                self._run_epoch(epoch)
-            if self.last_val_step != self.state.step:
-                self._validate_and_save()
-        except KeyboardInterrupt:
-            if self.info.is_main:
-                save_checkpoint(self.out_dir / "last.pt", self._checkpoint())
-                logger.warning("interrupted: saved last.pt at step %d", self.state.step)
-            raise
-        finally:
-            self.log.close()
+        with terminate_as_interrupt():
+            try:
+                for epoch in range(self.state.epoch, self.cfg.train.epochs):
+                    self._run_epoch(epoch)
+                if self.last_val_step != self.state.step:
+                    self._validate_and_save()
+            except KeyboardInterrupt:
+                if self.info.is_main:
+                    save_checkpoint(self.out_dir / "last.pt", self._checkpoint())
+                    logger.warning("interrupted: saved last.pt at step %d", self.state.step)
+                raise
+            finally:
+                self.log.close()
         return TrainResult(self.unwrapped, self.state, self.out_dir)
 
     def _run_epoch(self, epoch: int) -> None:
@@ -187,7 +190,7 @@ class Trainer:
         buffers = [b.clone() for b in self.unwrapped.buffers()]
         with self._autocast():
             pred = self.model(batch)
-        loss, parts_t = denseflow_loss(pred, batch, self.cfg.train, epoch)
+        loss, parts_t = self.loss_fn(pred, batch, self.cfg.train, epoch)
         parts = {k: float(v) for k, v in parts_t.items()}
         ok = all_true(bool(torch.isfinite(loss)), self.info)
         if ok:
@@ -262,7 +265,7 @@ class Trainer:
         return validate(
             self.unwrapped,
             self.val_loader,
-            denseflow_loss,
+            self.loss_fn,
             self.cfg.train,
             self.state.epoch,
             self.info,

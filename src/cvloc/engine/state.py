@@ -146,10 +146,10 @@ def restore_training(
 
 @contextlib.contextmanager
 def defer_sigint() -> Iterator[None]:
-    """Hold back Ctrl-C inside the block and raise it right after (main thread only).
+    """Hold back Ctrl-C (and SIGTERM) inside the block and raise it right after.
 
     Wraps a step's update and bookkeeping, so that an interruption never leaves a
-    half-applied step for the Ctrl-C handler to save.
+    half-applied step for the Ctrl-C handler to save. Main thread only.
 
     Yields:
         Nothing.
@@ -158,10 +158,39 @@ def defer_sigint() -> Iterator[None]:
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = {
+        sig: signal.signal(sig, lambda signum, frame: received.append(signum))
+        for sig in (signal.SIGINT, signal.SIGTERM)
+    }
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if received:
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C inside the block (main thread only).
+
+    Schedulers and ``kill`` stop jobs with SIGTERM, and background jobs of a non-interactive
+    shell ignore SIGINT: raising KeyboardInterrupt on SIGTERM lets the Ctrl-C path save
+    ``last.pt`` before the process ends.
+
+    Yields:
+        Nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -137,19 +137,20 @@ def pixel_to_world_xy(
     """Satellite pixel to the metric world frame of the sample.
 
     Convention: x = (u - cu) m_per_px (east), y = -(v - cv) m_per_px (north).
-    ``m_per_px`` broadcasts against ``uv[..., 0]``: for uv (B, H, W, 2) pass (B, 1, 1).
+    Per-sample ``sat_center_uv`` (B, 2) and ``m_per_px`` (B,) align with the LEADING
+    dimensions of ``uv``, so they apply to points (B, N, 2) or grids (B, H, W, 2) as is.
 
     Args:
-        uv: (*, 2) satellite pixels.
-        sat_center_uv: (*, 2), broadcastable, the pixel of the world origin.
-        m_per_px: (*,) or scalar, metres per pixel.
+        uv: (B, ..., 2) satellite pixels (or (..., 2) with unbatched centre and scale).
+        sat_center_uv: (B, 2) or (2,), the pixel of the world origin.
+        m_per_px: (B,) or scalar, metres per pixel.
 
     Returns:
-        (*, 2) metres.
+        (B, ..., 2) metres.
     """
-    m = torch.as_tensor(m_per_px, dtype=uv.dtype, device=uv.device)
-    d = uv - sat_center_uv
-    return torch.stack([d[..., 0], -d[..., 1]], dim=-1) * m[..., None]
+    center, m = _align_leading(uv, sat_center_uv, m_per_px)
+    d = uv - center
+    return torch.stack([d[..., 0], -d[..., 1]], dim=-1) * m
 
 
 def world_xy_to_pixel(
@@ -157,15 +158,33 @@ def world_xy_to_pixel(
 ) -> torch.Tensor:
     """Metric world frame to satellite pixel.
 
-    Convention: inverse of :func:`pixel_to_world_xy`: u = cu + x / m, v = cv - y / m.
+    Convention: inverse of :func:`pixel_to_world_xy`: u = cu + x / m, v = cv - y / m;
+    per-sample centre and scale align with the leading dimensions of ``xy``.
 
     Args:
-        xy: (*, 2) metres.
-        sat_center_uv: (*, 2), broadcastable, the pixel of the world origin.
-        m_per_px: (*,) or scalar, metres per pixel.
+        xy: (B, ..., 2) metres (or (..., 2) with unbatched centre and scale).
+        sat_center_uv: (B, 2) or (2,), the pixel of the world origin.
+        m_per_px: (B,) or scalar, metres per pixel.
 
     Returns:
-        (*, 2) pixels.
+        (B, ..., 2) pixels.
     """
-    m = torch.as_tensor(m_per_px, dtype=xy.dtype, device=xy.device)[..., None]
-    return sat_center_uv + torch.stack([xy[..., 0], -xy[..., 1]], dim=-1) / m
+    center, m = _align_leading(xy, sat_center_uv, m_per_px)
+    return center + torch.stack([xy[..., 0], -xy[..., 1]], dim=-1) / m
+
+
+def _align_leading(
+    points: torch.Tensor, center: torch.Tensor, m_per_px: torch.Tensor | float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reshape per-sample (B, 2) centres and (B,) scales to broadcast over (B, ..., 2) points.
+
+    Trailing-dimension broadcasting would pair B with the point dimension instead (silently
+    wrong when N == B), so singleton dimensions are inserted after the leading ones.
+    """
+    center = torch.as_tensor(center, dtype=points.dtype, device=points.device)
+    m = torch.as_tensor(m_per_px, dtype=points.dtype, device=points.device)
+    extra = points.dim() - center.dim()
+    if extra > 0:
+        center = center.reshape(*center.shape[:-1], *([1] * extra), 2)
+    extra = points.dim() - m.dim()
+    return center, m.reshape(*m.shape, *([1] * extra)) if m.dim() > 0 else m

@@ -8,7 +8,8 @@ import torch
 
 from cvloc.data.synthetic import PRESETS, PriorProtocol, SynthPreset, generate_pair
 from cvloc.data.synthetic.generate import sample_prior, wrap_deg
-from cvloc.data.synthetic.world import scene_extent
+from cvloc.data.synthetic.noise import stable_seed
+from cvloc.data.synthetic.world import CAMERA_SLACK_M, build_world, scene_extent
 from cvloc.geometry.cameras import scale_intrinsics
 
 KITTI_K = torch.tensor(
@@ -67,7 +68,17 @@ class TestPresets:
         """The scene reaches at least 40 m beyond any tile the protocol can produce."""
         for p in PRESETS.values():
             shift = p.prior.shift_range_m * (np.sqrt(2) if p.prior.kind == "kitti" else 1.0)
-            assert scene_extent(p) >= 6.0 + shift + p.sat_half_extent_m + 40.0
+            assert scene_extent(p) >= 13.0 + shift + p.sat_half_extent_m + 40.0
+
+    @pytest.mark.parametrize("preset", ["kitti-small", "vigor-small"])
+    def test_camera_near_scene_centre(self, preset):
+        """The scene extent assumes the camera within CAMERA_SLACK_M of the centre."""
+        p = PRESETS[preset]
+        for index in range(16):
+            area = ("same", "cross")[index % 2]
+            world = build_world(stable_seed("scene", 0, "train", area, index), area, p)
+            assert np.linalg.norm(world.camera.xy) <= CAMERA_SLACK_M
+            assert world.extent == scene_extent(p)
 
     def test_exception(self):
         with pytest.raises(ValueError, match="camera_model"):
@@ -181,6 +192,11 @@ class TestDeterminism:
         for name in ("ground", "satellite", "ground_uv", "sat_uv", "height_m", "sat_height_m"):
             x, y = getattr(a, name), getattr(b, name)
             assert x.dtype == y.dtype and x.tobytes() == y.tobytes()
+
+    def test_numpy_integers_are_plain_integers(self):
+        a = generate_pair("kitti-small", "val", "same", np.int64(6), seed=np.int32(2))
+        b = generate_pair("kitti-small", "val", "same", 6, seed=2)
+        assert a.meta == b.meta and a.ground.tobytes() == b.ground.tobytes()
 
     def test_index_and_seed_change_the_scene(self):
         a = generate_pair("kitti-small", "train", "cross", 0)

@@ -13,8 +13,9 @@ from cvloc.data.synthetic.primitives import Boxes, Material, Solids
 
 
 def _batch(value: object, k: int, shape: tuple[int, ...]) -> np.ndarray:
-    """Broadcast a scalar or per-item value to a (k, *shape) float64 array."""
-    return np.broadcast_to(np.asarray(value, np.float64), (k, *shape)).copy()
+    """A scalar or per-item value as a (k, *shape) float64 array (a broadcast view)."""
+    a = np.asarray(value, np.float64)
+    return a if a.shape == (k, *shape) else np.broadcast_to(a, (k, *shape))
 
 
 class PrimitiveBuilder:
@@ -42,6 +43,9 @@ class PrimitiveBuilder:
         params: np.ndarray | None = None,
     ) -> None:
         """Add K frustum boxes (plain boxes when ``top`` is None).
+
+        Convention: scene frame (x east, y north, z up), metres; ``angle`` turns the
+        local x axis counter-clockwise from east.
 
         Args:
             center: (K, 2) footprint centres, metres.
@@ -83,6 +87,8 @@ class PrimitiveBuilder:
     ) -> None:
         """Add K solids of revolution with r(z)^2 = q0 + q1 z + q2 z^2 on [z0, z1].
 
+        Convention: scene frame, metres; vertical axes; z absolute (ground z = 0).
+
         Args:
             center: (K, 2) axis positions, metres.
             z0: (K,) bottom heights.
@@ -109,6 +115,8 @@ class PrimitiveBuilder:
     def cylinders(self, center, z0, z1, r0, r1, material: Material, color) -> None:
         """Add K (truncated) cones, radius r0 at z0 and r1 at z1 (cylinders if equal).
 
+        Convention: scene frame, metres; vertical axes.
+
         Args:
             center: (K, 2) axis positions.
             z0: (K,) bottom heights.
@@ -126,6 +134,8 @@ class PrimitiveBuilder:
 
     def spheroids(self, center, zc, radius, half_height, material: Material, color) -> None:
         """Add K spheroids (horizontal ``radius``, vertical ``half_height``) centred at zc.
+
+        Convention: scene frame, metres; vertical axes.
 
         Args:
             center: (K, 2) axis positions.

@@ -53,6 +53,8 @@ def trees(
 ) -> None:
     """Add deciduous trees and conifers.
 
+    Convention: scene frame metres; canopies start 2.7 to 4 m above the ground.
+
     Args:
         rng: random generator.
         builder: receives the primitives.
@@ -98,6 +100,9 @@ def cars(
     rng: np.random.Generator, builder: PrimitiveBuilder, poses: np.ndarray, style: Style
 ) -> None:
     """Add cars (body and cabin).
+
+    Convention: scene frame metres; heading angle counter-clockwise from east, the car's
+    local +x is its front; bodies span z 0.28 to about 1 m, cabins up to about 1.5 m.
 
     Args:
         rng: random generator.

@@ -2,7 +2,8 @@
 
 Seeds: the scene (streets, buildings, camera, lighting) depends on
 ``stable_seed("scene", seed, split, area, index)``, a hash, so the train, val and test
-splits (and both areas) can never share a scene. The prior noise depends on
+splits (and both areas) can never share a scene (and on the camera model, which decides
+where the camera stands: a lane or a sidewalk). The prior noise depends on
 ``stable_seed("prior", seed, split, area, index, epoch)`` for the train split, so each
 epoch moves the prior (and hence the satellite crop, which is centred on it) while the
 scene and the ground image stay; val and test priors ignore the epoch (fixed benchmark).
@@ -70,6 +71,8 @@ class SynthPair:
 
 def wrap_deg(angle_deg: float) -> float:
     """Wrap an angle to (-180, 180].
+
+    Convention: degrees; -180 maps to +180 (as :func:`cvloc.geometry.pose.wrap_deg`).
 
     Args:
         angle_deg: any angle in degrees.
@@ -156,6 +159,11 @@ def generate_pair(
 ) -> SynthPair:
     """Generate one synthetic pair, deterministically.
 
+    Convention: design.md. The pair's world frame (x east, y north, z up, metres) has its
+    origin at the prior position, shown at ``sat_center_uv`` = ((W - 1) / 2, (H - 1) / 2)
+    of the north-up tile; ``camera_uv`` / ``yaw_deg`` are the GT pose (yaw clockwise from
+    north); ``world_to_cam`` maps world to the OpenCV camera frame.
+
     Args:
         preset: a key of :data:`cvloc.data.synthetic.PRESETS` or a :class:`SynthPreset`.
         split: ``"train"``, ``"val"`` or ``"test"`` (disjoint scenes).
@@ -176,7 +184,8 @@ def generate_pair(
     if index < 0:
         raise ValueError(f"index must be >= 0, got {index}")
     p = get_preset(preset)
-    epoch = epoch if split == "train" else 0
+    index, seed = int(index), int(seed)
+    epoch = int(epoch) if split == "train" else 0
     scene_seed = stable_seed("scene", seed, split, area, index)
     world = build_world(scene_seed, area, p)
     ground = render_ground(world, p)
@@ -224,11 +233,11 @@ def _meta(p: SynthPreset, world: World, prior_xy: np.ndarray, prior_yaw: float) 
         "camera_model": p.camera_model,
         "world_to_cam": T.tolist(),
         "m_per_px": p.m_per_px,
-        "sat_center_uv": center,
+        "sat_center_uv": list(center),
         "camera_uv": uv.tolist(),
         "yaw_deg": cam.yaw_deg,
         "camera_height_m": cam.height_m,
-        "prior": {"camera_uv": center, "yaw_deg": prior_yaw},
+        "prior": {"camera_uv": list(center), "yaw_deg": float(prior_yaw)},
         "ground_size": list(p.ground_size),
         "sat_size": list(p.sat_size),
         "shift_range_m": p.prior.shift_range_m,

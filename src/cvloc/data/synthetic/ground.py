@@ -40,7 +40,8 @@ class GroundFields:
         s: arc length along the nearest road.
         road: int16 index of the nearest road.
         junc: distance to the nearest junction disc (negative inside).
-        pave: signed distance to the nearest paved rectangle (negative inside).
+        pave: signed distance to the nearest paved rectangle (negative inside; exact
+            within two grid steps of one, where its sign matters).
     """
 
     extent: float
@@ -54,6 +55,8 @@ class GroundFields:
 
     def sample(self, x: np.ndarray, y: np.ndarray, names: tuple[str, ...]) -> list[np.ndarray]:
         """Sample fields at points: bilinearly for floats, nearest node for ints.
+
+        Convention: scene frame metres; points outside the grid take the border values.
 
         Float fields are gathered in pairs packed as complex64 (edge with pave, lat
         with s, junc alone), halving the gathers.
@@ -258,7 +261,7 @@ def _rect_field(rects: np.ndarray, extent: float, step: float, n: int) -> np.nda
     if len(rects) == 0:
         return sdf
     c, ang, half = rects[:, :2], rects[:, 2], rects[:, 3:5]
-    reach = (np.linalg.norm(half, axis=1) + REACH_M)[:, None]
+    reach = (np.linalg.norm(half, axis=1) + 2.0 * step)[:, None]  # only the sign matters
     k, node, x, y = _grid_pairs(c - reach, c + reach, extent, step, n)
     wx, wy = x - c[k, 0], y - c[k, 1]
     ca, sa = np.cos(ang[k]), np.sin(ang[k])

@@ -74,6 +74,9 @@ class Rects:
     def local_points(self, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         """Points at local coordinates (u, v) * half of every rectangle.
 
+        Convention: local x along ``angle`` (counter-clockwise from east), local y to its
+        left; scene frame metres.
+
         Args:
             u: (K,) or (C, K) local x in units of the half extent.
             v: (K,) or (C, K) local y in units of the half extent.
@@ -90,13 +93,21 @@ class Rects:
         )
 
     def corners(self) -> np.ndarray:
-        """(C, 4, 2) corners, counter-clockwise."""
+        """Corners of every rectangle.
+
+        Convention: scene frame metres, counter-clockwise from local (+x, +y).
+
+        Returns:
+            (C, 4, 2).
+        """
         return self.local_points(
             np.array([1.0, -1.0, -1.0, 1.0]), np.array([1.0, 1.0, -1.0, -1.0])
         )
 
     def contains(self, xy: np.ndarray, margin: float = 0.0) -> np.ndarray:
         """Which points lie inside which rectangles (grown by ``margin``).
+
+        Convention: scene frame metres; boundaries count as inside.
 
         Args:
             xy: (N, 2) points.
@@ -122,6 +133,9 @@ def frontage_lots(
     setback_jitter_m: float,
 ) -> Rects:
     """Propose lots along both sides of every street.
+
+    Convention: scene frame metres; a lot's local x runs along the street, its local +y
+    points from the lot towards the street; ``side`` +1 is right of the polyline.
 
     Args:
         rng: random generator.
@@ -191,6 +205,9 @@ def clear_of_roads(rects: Rects, fields: GroundFields, clearance_m: float) -> np
 
 def conflict_pairs(a: Rects, b: Rects, margin: float) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (i in a, j in b) of rectangles closer than ``margin`` (separating axes).
+
+    Convention: exact for rotated rectangles: two convex polygons are apart iff one of
+    their edge normals separates their projections.
 
     Args:
         a: rectangles.

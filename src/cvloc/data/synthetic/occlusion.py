@@ -129,14 +129,14 @@ def _boxes_occlude(grid, qx, qy, pz, points, k, L, boxes, t_min) -> np.ndarray:
     keep = np.flatnonzero(boxes.z1 > pz.min())
     table = _box_table(boxes, keep, k)
     z0, z1 = boxes.z0[keep], boxes.z1[keep]
-    corners = boxes.corners_xy()[keep]
+    corners = np.take(boxes.corners, keep, axis=0)
     lo = np.minimum(corners.min(1) - z0[:, None] * k, corners.min(1) - z1[:, None] * k)
     hi = np.maximum(corners.max(1) - z0[:, None] * k, corners.max(1) - z1[:, None] * k)
     item, cell, cc = grid.cells(lo, hi)
-    tab = table[:, item]
+    tab = np.take(table, item, axis=1)
     ok = np.flatnonzero(_in_swept(tab, cc[0], cc[1], tab[12], k, 0.5 * grid.cell))
     counts, pt = grid.points(cell[ok])
-    tab = np.repeat(tab[:, ok], counts, axis=1)
+    tab = np.repeat(np.take(tab, ok, axis=1), counts, axis=1)
     item = np.repeat(item[ok], counts)
     zp = take(pz, pt)
     ok = _in_swept(tab, take(qx, pt), take(qy, pt), np.maximum(tab[12], zp), k, 0.0)
@@ -152,45 +152,61 @@ def _boxes_occlude(grid, qx, qy, pz, points, k, L, boxes, t_min) -> np.ndarray:
     return np.concatenate([hit, pt[np.isfinite(t)]])
 
 
-def _solids_occlude(grid, qx, qy, pz, points, k, L, solids, t_min) -> np.ndarray:
+def _within_swept_disc(x, y, cx, cy, z_lo, z_hi, r, k: np.ndarray) -> np.ndarray:
+    """Whether (x, y) lie within r of the axis segment from c - z_lo k to c - z_hi k."""
+    kx, ky = F32(k[0]), F32(k[1])
+    px, py = x - (cx - z_lo * kx), y - (cy - z_lo * ky)
+    span = z_hi - z_lo
+    dx, dy = -span * kx, -span * ky
+    t = np.clip((px * dx + py * dy) / np.maximum(dx * dx + dy * dy, F32(1e-12)), 0.0, 1.0)
+    ex, ey = px - t * dx, py - t * dy
+    return ex * ex + ey * ey <= r * r
+
+
+def _solids_occlude(grid, qx, qy, pz, k, L, solids, t_min) -> np.ndarray:
     """Point indices whose ray along L hits a solid."""
     keep = np.flatnonzero(solids.z1 > pz.min())
-    c, r = solids.center[keep], solids.rmax[keep]
-    z0, z1 = solids.z0[keep], solids.z1[keep]
-    a, b = c - z0[:, None] * k, c - z1[:, None] * k
-    item, cell, cc = grid.cells(np.minimum(a, b) - r[:, None], np.maximum(a, b) + r[:, None])
-    ok = np.flatnonzero(
-        _segment_dist(cc[0], cc[1], a[item], b[item]) <= r[item] + grid.cell * 0.7072
+    # Rows: cx, cy, z0, z1, rmax, zref, q_rel (3).
+    table = np.concatenate(
+        [
+            solids.center.T,
+            solids.z0[None],
+            solids.z1[None],
+            solids.rmax[None],
+            solids.zref[None],
+            solids.q_rel.T,
+        ]
     )
-    counts, pt = grid.points(cell[ok])
-    item = np.repeat(item[ok], counts)
-    zp = take(pz, pt)
-    start = c[item] - np.maximum(z0[item], zp)[:, None] * k
-    ok = (_segment_dist(take(qx, pt), take(qy, pt), start, b[item]) <= r[item]) & (zp < z1[item])
-    prim, pt = keep[item[ok]], pt[ok]
-    px = (take(points[0], pt) - take(solids.center[:, 0], prim)).astype(F32)
-    py = (take(points[1], pt) - take(solids.center[:, 1], prim)).astype(F32)
-    zref = solids.zref[prim]
+    table = np.take(table, keep, axis=1).astype(F32)
+    c = table[:2].T.astype(np.float64)
+    a, b = c - table[2, :, None] * k, c - table[3, :, None] * k
+    r = table[4, :, None]
+    item, cell, cc = grid.cells(np.minimum(a, b) - r, np.maximum(a, b) + r)
+    tab = np.take(table, item, axis=1)
+    grow = F32(grid.cell * 0.7072)
+    ok = _within_swept_disc(cc[0], cc[1], tab[0], tab[1], tab[2], tab[3], tab[4] + grow, k)
+    ok = np.flatnonzero(ok)
+    counts, pt = grid.points(np.take(cell, ok))
+    tab = np.repeat(np.take(tab, ok, axis=1), counts, axis=1)
+    zp, x, y = take(pz, pt), take(qx, pt), take(qy, pt)
+    ok = _within_swept_disc(x, y, tab[0], tab[1], np.maximum(tab[2], zp), tab[3], tab[4], k)
+    ok = np.flatnonzero(ok & (zp < tab[3]))
+    tab, pt, zp = np.take(tab, ok, axis=1), take(pt, ok), take(zp, ok)
+    # Back from the projection to the ray origin: p_xy = q + z k.
+    px = take(qx, pt) + zp * F32(k[0]) - tab[0]
+    py = take(qy, pt) + zp * F32(k[1]) - tab[1]
     t, _ = solid_hits(
         px * px + py * py,
         px * F32(L[0]) + py * F32(L[1]),
         F32(L[0] ** 2 + L[1] ** 2),
-        (take(points[2], pt) - zref).astype(F32),
+        zp - tab[5],
         F32(L[2]),
-        solids.q_rel[prim].T.astype(F32),
-        (solids.z0[prim] - zref).astype(F32),
-        (solids.z1[prim] - zref).astype(F32),
+        tab[6:9],
+        tab[2] - tab[5],
+        tab[3] - tab[5],
         t_min,
     )
     return pt[np.isfinite(t)]
-
-
-def _segment_dist(x: np.ndarray, y: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Distance from points (x, y), (M,) each, to segments [a, b], (M, 2) each."""
-    px, py = x - a[:, 0].astype(F32), y - a[:, 1].astype(F32)
-    dx, dy = (b - a).T.astype(F32)
-    t = np.clip((px * dx + py * dy) / np.maximum(dx * dx + dy * dy, F32(1e-12)), 0.0, 1.0)
-    return np.hypot(px - t * dx, py - t * dy)
 
 
 def occluded(
@@ -230,5 +246,5 @@ def occluded(
     if len(boxes):
         out[_boxes_occlude(grid, qx, qy, pz, points, k, L, boxes, t_min)] = True
     if len(solids):
-        out[_solids_occlude(grid, qx, qy, pz, points, k, L, solids, t_min)] = True
+        out[_solids_occlude(grid, qx, qy, pz, k, L, solids, t_min)] = True
     return out

@@ -58,6 +58,8 @@ class Boxes:
             (local axes). offsets: (N, 6) plane offsets d, inside is n . x <= d.
         radius: (N,) radius of the footprint's bounding circle about ``center``.
         plain: (N,) bool, top == bottom (a right prism: vertical sides, flat top).
+        corners: (N, 4, 2) footprint corners (of the larger of the bottom and top
+            rectangles), counter-clockwise.
         normals_t: (3, 6 N) float64 plane normals, column 6 i + face (fast gathers).
         table_t: (14, N) float32 channel-first copies for per-hit gathers: color (0..2),
             color2 (3..5), params (6..9), bottom half extents (10, 11), z1 (12), angle (13).
@@ -79,6 +81,7 @@ class Boxes:
     offsets: np.ndarray = field(init=False)
     radius: np.ndarray = field(init=False)
     plain: np.ndarray = field(init=False)
+    corners: np.ndarray = field(init=False)
     normals_t: np.ndarray = field(init=False)
     table_t: np.ndarray = field(init=False)
     sweep_t: np.ndarray = field(init=False)
@@ -91,6 +94,17 @@ class Boxes:
         )
         self.radius = np.linalg.norm(np.maximum(self.bottom, self.top), axis=1)
         self.plain = np.all(self.top == self.bottom, axis=1)
+        half = np.maximum(self.bottom, self.top)
+        signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float64)
+        lx, ly = signs[None, :, 0] * half[:, None, 0], signs[None, :, 1] * half[:, None, 1]
+        ca, sa = np.cos(self.angle)[:, None], np.sin(self.angle)[:, None]
+        self.corners = np.stack(
+            [
+                self.center[:, None, 0] + ca * lx - sa * ly,
+                self.center[:, None, 1] + sa * lx + ca * ly,
+            ],
+            axis=-1,
+        )
         self.normals_t = self.normals.reshape(-1, 3).T.copy()
         ca, sa = np.cos(self.angle), np.sin(self.angle)
         cx, cy = self.center.T
@@ -110,21 +124,6 @@ class Boxes:
 
     def __len__(self) -> int:
         return len(self.z0)
-
-    def corners_xy(self) -> np.ndarray:
-        """Footprint corners of the larger of the bottom and top rectangles.
-
-        Returns:
-            (N, 4, 2) metres.
-        """
-        half = np.maximum(self.bottom, self.top)
-        c, s = np.cos(self.angle), np.sin(self.angle)
-        signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float64)
-        lx = signs[None, :, 0] * half[:, None, 0]
-        ly = signs[None, :, 1] * half[:, None, 1]
-        x = self.center[:, None, 0] + c[:, None] * lx - s[:, None] * ly
-        y = self.center[:, None, 1] + s[:, None] * lx + c[:, None] * ly
-        return np.stack([x, y], axis=-1)
 
 
 def box_planes(

@@ -34,7 +34,7 @@ from t by the callers, so they lie exactly on the pixel-centre rays).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class LevelRays:
         rel_az: (W,) column azimuth relative to ``yaw_rad``, radians, strictly increasing.
         g: (H,) row factor of the slope, strictly decreasing (top rows look up).
         hfac: (W,) positive column factor of the slope.
+        slope: (H, W) dz per metre of horizontal distance of every ray, g x hfac.
     """
 
     origin: np.ndarray
@@ -72,14 +73,20 @@ class LevelRays:
     rel_az: np.ndarray
     g: np.ndarray
     hfac: np.ndarray
+    slope: np.ndarray = field(init=False)
 
-    @property
-    def slope(self) -> np.ndarray:
-        """(H, W) dz per metre of horizontal distance of every ray."""
-        return self.g[:, None] * self.hfac[None, :]
+    def __post_init__(self) -> None:
+        self.slope = self.g[:, None] * self.hfac[None, :]
 
     def directions(self) -> np.ndarray:
-        """(H, W, 3) float64 ray directions (unit horizontal part)."""
+        """Ray directions of all pixels.
+
+        Convention: scene frame; the horizontal part is a unit vector, so the ray
+        parameter is the horizontal distance.
+
+        Returns:
+            (H, W, 3) float64.
+        """
         h, w = len(self.g), len(self.hfac)
         d = np.empty((h, w, 3))
         d[..., :2] = self.hdir[None]
@@ -121,13 +128,14 @@ def _row_candidates(
     with np.errstate(divide="ignore"):
         s_lo = (zr[0] - h) / np.where(zr[0] <= h, t_near, t_out)
         s_hi = (zr[1] - h) / np.where(zr[1] >= h, t_near, t_out)
-    g_lo, g_hi = s_lo / rays.hfac[col], s_hi / rays.hfac[col]
+    hfac = np.take(rays.hfac, col)
+    g_lo, g_hi = s_lo / hfac, s_hi / hfac
     g_lo, g_hi = g_lo - 1e-6 * (1 + np.abs(g_lo)), g_hi + 1e-6 * (1 + np.abs(g_hi))
     neg_g = -rays.g  # increasing
     r0 = np.searchsorted(neg_g, -g_hi, "left")
     r1 = np.searchsorted(neg_g, -g_lo, "right")
     pair, local = expand(np.maximum(r1 - r0, 0))
-    return pair, (r0[pair] + local) * len(rays.hfac) + col[pair]
+    return pair, (np.take(r0, pair) + local) * len(rays.hfac) + np.take(col, pair)
 
 
 def _footprint_intervals(rays: LevelRays, boxes: Boxes, prim: np.ndarray, col: np.ndarray):
@@ -195,29 +203,27 @@ def _level_boxes(rays: LevelRays, boxes: Boxes, t_min: float) -> tuple:
 def _level_solids(rays: LevelRays, solids: Solids, t_min: float) -> tuple:
     """Candidate hits of the solids for a level camera."""
     prim, col = _column_pairs(rays, solids.center, solids.rmax)
-    p = rays.origin[:2] - solids.center[prim]
-    pd = p[:, 0] * rays.hdir[col, 0] + p[:, 1] * rays.hdir[col, 1]
-    pp = np.sum(p * p, axis=1)
-    disc = pd * pd - (pp - solids.rmax[prim] ** 2)
-    keep = disc >= 0
+    px = rays.origin[0] - np.take(solids.center[:, 0], prim)
+    py = rays.origin[1] - np.take(solids.center[:, 1], prim)
+    pd = px * np.take(rays.hdir[:, 0], col) + py * np.take(rays.hdir[:, 1], col)
+    pp = px * px + py * py
+    disc = pd * pd - (pp - np.take(solids.rmax, prim) ** 2)
     sq = np.sqrt(np.maximum(disc, 0))
-    t_in, t_out = -pd - sq, -pd + sq
-    keep &= t_out > 0
-    prim, col, pd, pp = prim[keep], col[keep], pd[keep], pp[keep]
-    t_in, t_out = t_in[keep], t_out[keep]
-    zr = np.stack([solids.z0[prim], solids.z1[prim]])
-    pair, pix = _row_candidates(rays, col, t_in, t_out, zr)
-    pr = prim[pair]
-    zref = solids.zref[pr]
+    keep = np.flatnonzero((disc >= 0) & (sq - pd > 0))
+    prim, col, pd, pp, sq = (np.take(a, keep) for a in (prim, col, pd, pp, sq))
+    zr = np.stack([np.take(solids.z0, prim), np.take(solids.z1, prim)])
+    pair, pix = _row_candidates(rays, col, -pd - sq, -pd + sq, zr)
+    pr = np.take(prim, pair)
+    zref = np.take(solids.zref, pr)
     t, face = solid_hits(
-        pp[pair].astype(F32),
-        pd[pair].astype(F32),
+        np.take(pp, pair).astype(F32),
+        np.take(pd, pair).astype(F32),
         F32(1.0),
         (rays.origin[2] - zref).astype(F32),
-        rays.slope.ravel()[pix].astype(F32),
-        solids.q_rel[pr].T.astype(F32),
-        (solids.z0[pr] - zref).astype(F32),
-        (solids.z1[pr] - zref).astype(F32),
+        np.take(rays.slope.ravel(), pix).astype(F32),
+        np.take(solids.q_rel.T.astype(F32), pr, axis=1),
+        (np.take(zr[0], pair) - zref).astype(F32),
+        (np.take(zr[1], pair) - zref).astype(F32),
         t_min,
     )
     return SOLID, pix, t, pr.astype(np.int32), face
@@ -225,6 +231,8 @@ def _level_solids(rays: LevelRays, solids: Solids, t_min: float) -> tuple:
 
 def refine_solid_hits(rays: LevelRays, solids: Solids, hits: Hits) -> None:
     """Recompute the solid hits of a level camera in float64, in place.
+
+    Convention: as :func:`cast_level` (t is the horizontal distance).
 
     Near a solid's silhouette the float32 root is ill-conditioned (millimetres off the
     surface); the winners are few, so they are re-solved exactly.

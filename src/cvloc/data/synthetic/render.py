@@ -54,7 +54,7 @@ class GroundRender:
 
 def _blur(img: np.ndarray, sigma: float) -> np.ndarray:
     """Separable Gaussian blur of a (C, H, W) float32 image with edge padding."""
-    r = max(1, int(np.ceil(2.5 * sigma)))
+    r = max(1, int(np.ceil(2.0 * sigma)))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2)
     k = (k / k.sum()).astype(F32)
     for axis in (1, 2):
@@ -96,6 +96,9 @@ def _to_uint8(linear: np.ndarray, rng: np.random.Generator, noise_std: float) ->
 
 def render_ground(world: World, preset: SynthPreset) -> GroundRender:
     """Ray-cast, shade and expose the ground image.
+
+    Convention: the camera is ``world.camera`` in the scene frame; pixels row-major with
+    integer pixel centres; ``points`` are the exact first hits of the pixel-centre rays.
 
     Args:
         world: the scene.

@@ -61,6 +61,8 @@ class RoadNetwork:
     def frames(self, road: int, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Points and unit tangents of a road at arc lengths s (clamped to the road).
 
+        Convention: scene frame metres; tangents along the polyline direction.
+
         Args:
             road: road index.
             s: (K,) arc lengths from the polyline's first point, metres.
@@ -161,6 +163,8 @@ def _two_way_curve(
 def town_roads(rng: np.random.Generator, extent: float) -> RoadNetwork:
     """A rotated grid of straight streets, sometimes with a curved avenue.
 
+    Convention: scene frame metres; streets are cut to the square [-extent, extent]^2.
+
     Args:
         rng: random generator.
         extent: half size of the square scene, metres.
@@ -199,6 +203,8 @@ def town_roads(rng: np.random.Generator, extent: float) -> RoadNetwork:
 
 def suburb_roads(rng: np.random.Generator, extent: float) -> RoadNetwork:
     """A curvy main street through the origin with curvy side streets (T junctions).
+
+    Convention: scene frame metres; streets are cut to the square [-extent, extent]^2.
 
     Args:
         rng: random generator.

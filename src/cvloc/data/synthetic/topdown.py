@@ -30,8 +30,9 @@ def _rect_candidates(x0, x1, y0, y1, xs, ys) -> tuple[np.ndarray, np.ndarray]:
     r0, r1 = _grid_range(y0, y1, ys[0], ys[1] - ys[0], h)
     nc = c1 - c0
     prim, local = expand(nc * (r1 - r0))
-    ncp = nc[prim]
-    return prim, (r0[prim] + local // ncp) * w + c0[prim] + local % ncp
+    ncp = np.take(nc, prim)
+    row = local // ncp
+    return prim, (np.take(r0, prim) + row) * w + np.take(c0, prim) + local - row * ncp
 
 
 def _down_boxes(xs: np.ndarray, ys: np.ndarray, boxes: Boxes, z_top: float) -> tuple:
@@ -40,20 +41,20 @@ def _down_boxes(xs: np.ndarray, ys: np.ndarray, boxes: Boxes, z_top: float) -> t
     A frustum box's top surface over its footprint is the lowest of its top plane and its
     two pairs of inward-tilted sides, evaluated in the box's local frame.
     """
-    cx = boxes.corners_xy()
+    cx = boxes.corners
     prim, pix = _rect_candidates(
         cx[..., 0].min(1), cx[..., 0].max(1), cx[..., 1].min(1), cx[..., 1].max(1), xs, ys
     )
-    dx = (xs[pix % len(xs)] - boxes.center[prim, 0]).astype(F32)
-    dy = (ys[pix // len(xs)] - boxes.center[prim, 1]).astype(F32)
+    dx = (np.take(xs, pix % len(xs)) - np.take(boxes.center[:, 0], prim)).astype(F32)
+    dy = (np.take(ys, pix // len(xs)) - np.take(boxes.center[:, 1], prim)).astype(F32)
     ca, sa = np.cos(boxes.angle).astype(F32), np.sin(boxes.angle).astype(F32)
-    ca, sa = ca[prim], sa[prim]
-    z0, z1 = boxes.z0.astype(F32)[prim], boxes.z1.astype(F32)[prim]
+    ca, sa = np.take(ca, prim), np.take(sa, prim)
+    z0, z1 = np.take(boxes.z0.astype(F32), prim), np.take(boxes.z1.astype(F32), prim)
     heights = [z1]
     inside = np.ones(len(prim), bool)
     for axis, local in ((0, ca * dx + sa * dy), (1, ca * dy - sa * dx)):
-        b = boxes.bottom[:, axis].astype(F32)[prim]
-        t = boxes.top[:, axis].astype(F32)[prim]
+        b = np.take(boxes.bottom[:, axis].astype(F32), prim)
+        t = np.take(boxes.top[:, axis].astype(F32), prim)
         dist = np.abs(local)
         inside &= dist <= b
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -95,21 +96,21 @@ def cast_down(
     if len(solids):
         c, r = solids.center, solids.rmax
         prim, pix = _rect_candidates(c[:, 0] - r, c[:, 0] + r, c[:, 1] - r, c[:, 1] + r, xs, ys)
-        px = xs[pix % len(xs)] - c[prim, 0]
-        py = ys[pix // len(xs)] - c[prim, 1]
+        px = np.take(xs, pix % len(xs)) - np.take(c[:, 0], prim)
+        py = np.take(ys, pix // len(xs)) - np.take(c[:, 1], prim)
         # Start each ray 1 m above its solid: small, well-conditioned heights.
-        half = (solids.z1 - solids.z0)[prim] / 2
+        half = np.take(solids.z1 - solids.z0, prim) / 2
         t, face = solid_hits(
             (px * px + py * py).astype(F32),
             F32(0.0),
             F32(0.0),
             (half + 1.0).astype(F32),
             F32(-1.0),
-            solids.q_rel[prim].T.astype(F32),
+            np.take(solids.q_rel.T.astype(F32), prim, axis=1),
             (-half).astype(F32),
             half.astype(F32),
             0.0,
         )
-        t = t + (z_top - solids.z1[prim] - 1.0).astype(F32)
+        t = t + (z_top - np.take(solids.z1, prim) - 1.0).astype(F32)
         results.append((SOLID, pix, t, prim.astype(np.int32), face))
     return merge_hits(depth, results)

@@ -36,7 +36,7 @@ from cvloc.data.synthetic.style import Style, sample_style
 from cvloc.data.synthetic.traffic import add_cars, add_poles
 
 MARGIN_M = 40.0  # scene beyond every satellite tile edge
-CAMERA_SLACK_M = 6.0  # the camera is within this distance of the scene centre
+CAMERA_SLACK_M = 13.0  # bound on |camera xy|: 4 m along street 0, lane or sidewalk across
 
 
 @dataclass(frozen=True)
@@ -107,6 +107,9 @@ class World:
 def scene_extent(preset: SynthPreset) -> float:
     """Half size of the scene square for a preset, metres.
 
+    Convention: a KITTI-style shift is in the heading frame, so it reaches sqrt(2) times
+    its range along an axis; a VIGOR-style shift is along the axes.
+
     Args:
         preset: the preset (tile size and prior shift range).
 
@@ -121,6 +124,9 @@ def place_camera(
     rng: np.random.Generator, net: RoadNetwork, style: Style, preset: SynthPreset
 ) -> Camera:
     """Put the camera on street 0 near the scene centre, in a lane or on a sidewalk.
+
+    Convention: right-hand traffic: driving along the polyline the camera is right of
+    the centre line; yaw in compass degrees (clockwise from north), wrapped.
 
     Args:
         rng: random generator.

@@ -1,0 +1,163 @@
+"""DenseFlow accuracy on the synthetic KITTI benchmark, beside the prior and classical search.
+
+Reproduce the recorded results (about 30 min on 2 CPU cores, most of it the classical search)::
+
+    python benchmarks/denseflow_accuracy.py --num 500 --workers 2
+
+Evaluates a checkpoint (default: the shipped ``denseflow-synth-kitti-small`` weights; any
+``.pt`` / ``.safetensors`` path works) and both baselines on N synthetic ``kitti-small`` test
+pairs of the same area and of the cross area (seed 0, prior +-20 m, +-10 deg), DenseFlow's
+Table 1 protocol. The pairs are written once per area to ``--data-dir`` as ``cvloc-pairs/1``
+(:func:`cvloc.demo.write_synthetic_pairs`, reused by later runs); DenseFlow runs at batch 1
+with ``--threads`` torch threads, the classical search in ``--workers`` single-thread
+processes (:func:`cvloc.demo.evaluate_classical`).
+
+Prints Table 1 per area and writes ``benchmarks/results/denseflow_accuracy.json``
+({"settings", "same": {method: metrics JSON}, "cross": ...}) and the Markdown tables beside
+it (``.md``). The helpers :func:`machine`, :func:`write_json`, :func:`synthetic_split` and
+:func:`load_or_exit` are shared by the other DenseFlow benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvloc.checkpoint import CheckpointError, load_model
+from cvloc.data.pairs import PairsDataset
+from cvloc.demo import WEIGHTS, evaluate_classical, write_synthetic_pairs
+from cvloc.evaluate import evaluate
+from cvloc.metrics import format_metrics_table
+from cvloc.models.baselines import PriorBaseline
+
+RESULTS = Path(__file__).parent / "results"
+DATA_DIR = Path(__file__).parents[1] / "data" / "benchmarks"  # /data/ is git-ignored
+AREAS = ("same", "cross")
+
+
+def machine() -> str:
+    """The CPU model and logical CPU count (and the GPU, if any), for the results file.
+
+    Returns:
+        A one-line description.
+    """
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{name}, {os.cpu_count()} logical CPUs{gpu}"
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write results as strict JSON: undefined metrics (NaN, inf) become null.
+
+    Args:
+        path: the file (parent directories are created).
+        data: the results.
+    """
+    plain = json.loads(json.dumps(data), parse_constant=lambda _: None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(plain, indent=1) + "\n")
+    print(f"wrote {path}")
+
+
+def synthetic_split(
+    preset: str, split: str, area: str, num: int, seed: int, workers: int, data_dir: Path
+) -> PairsDataset:
+    """A fixed synthetic split written once under ``data_dir`` and reused afterwards.
+
+    Args:
+        preset: synthetic preset.
+        split: ``"test"``, ``"val"`` or ``"train"``.
+        area: ``"same"`` or ``"cross"``.
+        num: number of pairs.
+        seed: world seed.
+        workers: generator processes.
+        data_dir: parent directory of the pairs directories.
+
+    Returns:
+        The pairs (``root`` is their directory).
+    """
+    out = data_dir / f"{preset}-{split}-{area}-s{seed}-n{num}"
+    return write_synthetic_pairs(out, num, seed, workers, preset, area, split)
+
+
+def load_or_exit(checkpoint: str) -> tuple[torch.nn.Module, Any]:
+    """Load a model, or print why it cannot be loaded and exit with status 2.
+
+    Args:
+        checkpoint: a weights name or a ``.pt`` / ``.safetensors`` path.
+
+    Returns:
+        (model in eval mode, its experiment config).
+    """
+    try:
+        return load_model(checkpoint)
+    except (FileNotFoundError, CheckpointError) as exc:
+        sys.exit(f"checkpoint {checkpoint!r}: {exc}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", default=WEIGHTS, help="weights name or file")
+    parser.add_argument("--num", type=int, default=500, help="test pairs per area")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--workers", type=int, default=2, help="processes: pairs, classical")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads for DenseFlow")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "denseflow_accuracy.json", help="results JSON"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model, cfg = load_or_exit(args.checkpoint)
+    results: dict[str, Any] = {
+        "settings": {
+            "preset": "kitti-small",
+            "split": "test",
+            "num": args.num,
+            "seed": args.seed,
+            "checkpoint": args.checkpoint,
+            "checkpoint_preset": cfg.data.preset,
+            "threads": args.threads,
+            "classical_workers": args.workers,
+            "machine": machine(),
+            "torch": torch.__version__,
+        }
+    }
+    tables = []
+    for area in AREAS:
+        pairs = synthetic_split(
+            "kitti-small", "test", area, args.num, args.seed, args.workers, args.data_dir
+        )
+        results[area] = {
+            "prior": evaluate(PriorBaseline(), pairs, progress=False, method="prior"),
+            "classical": evaluate_classical(pairs.root, args.workers)[0],
+            "DenseFlow": evaluate(model, pairs, method="DenseFlow", checkpoint=args.checkpoint),
+        }
+        title = f"kitti-small test, {area} area, {args.num} pairs, seed {args.seed}"
+        tables.append(format_metrics_table(results[area], title=title))
+        print(tables[-1])
+        for name, metrics in results[area].items():
+            print(f"{name}: {metrics['seconds_per_pair']:.3f} s per pair")
+    write_json(args.out, results)
+    args.out.with_suffix(".md").write_text("\n".join(tables))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()

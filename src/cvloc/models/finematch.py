@@ -1,0 +1,268 @@
+"""FineMatch: fine-grained cross-view matching with a Surface Model and a SimRefiner.
+
+Our implementation of ViewBridge (seed 000, ``papers/viewbridge-notes.md``), CPU-sized.
+Composition only; every stage lives in its own module: encoders (:mod:`.encoders`), the
+ground-to-BEV lifting over height bins at the prior pose
+(:func:`cvloc.geometry.bev.bev_from_prior`), the Surface Model (:mod:`.surface`), the BEV
+RefineBlock (:mod:`.refine`), descriptors, similarity, adaptive dustbin, matches and pose
+(:mod:`.matching`), and the SimRefiner (:mod:`.simrefiner`). Unlike the paper (frozen
+DINOv2, a 6-layer deformable-attention lifting), the backbone is the trainable ResNet of
+DenseFlow and the lifting is geometric, so the two methods differ only in what follows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
+from cvloc.geometry.checks import ShapeError, check_shape
+from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
+from cvloc.models.matching import (
+    AdaptiveDustbin,
+    DescriptorHead,
+    MatchingConfig,
+    extract_matches,
+    pose_from_matches,
+    similarity,
+)
+from cvloc.models.refine import RefineBlock
+from cvloc.models.simrefiner import SimRefiner, SimRefinerConfig
+from cvloc.models.surface import SurfaceConfig, SurfaceModel
+
+AMP_DTYPES = ("bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class FineMatchConfig:
+    """FineMatch hyper-parameters (defaults: ours; FG2's 128-d descriptors and tau 0.1).
+
+    Attributes:
+        encoder: backbone of the ground and satellite encoders.
+        surface: height bins and the surface rule (``num_height_bins=1``: the "w/o
+            Surface Model" ablation, flat ground).
+        refiner: SimRefiner switches (``mode="none"``: the "w/o SimRefiner" ablation).
+        matching: similarity temperature, dustbin, match window and pose solver.
+        feat_dim: channels of the encoder features lifted to the BEV.
+        desc_dim: descriptor dimension D.
+        stride: satellite pixels per cell; must be the encoders' stride, 8.
+        mixed_precision: autocast the CNNs on CUDA (similarity, refiner, coupling and
+            pose stay in float32). No effect on CPU.
+        amp_dtype: ``"bfloat16"`` or ``"float16"``.
+    """
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    surface: SurfaceConfig = field(default_factory=SurfaceConfig)
+    refiner: SimRefinerConfig = field(default_factory=SimRefinerConfig)
+    matching: MatchingConfig = field(default_factory=MatchingConfig)
+    feat_dim: int = 128
+    desc_dim: int = 128
+    stride: int = OUTPUT_STRIDE
+    mixed_precision: bool = False
+    amp_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        if self.stride != OUTPUT_STRIDE:
+            raise ValueError(f"stride must be the encoders' output stride {OUTPUT_STRIDE}")
+        if min(self.feat_dim, self.desc_dim) < 1:
+            raise ValueError(f"feat_dim and desc_dim must be positive, got {self}")
+        if self.amp_dtype not in AMP_DTYPES:
+            raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+
+
+class FineMatch(nn.Module):
+    """Ground + satellite images and a prior pose -> matches, surface heights and pose.
+
+    ``forward(batch)`` reads the keys of :attr:`required_keys` (schema
+    :mod:`cvloc.data.batch`; never the ground truth) and returns a new dict. The BEV is the
+    satellite feature grid (Hf x Wf = Hs / 8 x Ws / 8, N = M = Hf Wf cells, n = i Wf + j)
+    placed with the camera at the prior pose:
+
+    - ``camera_uv_pred`` (B, 2), ``camera_xy_pred`` (B, 2), ``yaw_deg_pred`` (B,): the pose.
+    - ``match_src_uv`` (B, N, 2): BEV cell centres in satellite pixels; ``match_dst_uv``
+      (B, N, 2): their matched satellite pixels; ``match_weight`` (B, N): the coupling
+      mass of each match; ``match_height_m`` (B, N): the predicted surface height of each
+      BEV cell, with which a match is lifted to its ground-image pixel.
+    - ``surface_height_m`` (B, 1, Hf, Wf), ``height_logits`` (B, Z, Hf, Wf),
+      ``height_bins_m`` (Z,): the Surface Model.
+    - ``similarity`` (B, N, M): the refined similarity S'; ``coupling``
+      (B, N + 1, M + 1): the dual-softmax coupling with the dustbin at index N / M.
+    - ``bev_valid`` (B, 1, Hf, Wf): float 0/1, a cell's surface is seen by the camera;
+      ``column_valid`` (B, 1, Hf, Wf): any height of the cell is seen.
+
+    Args:
+        config: hyper-parameters.
+    """
+
+    required_keys: ClassVar[tuple[str, ...]] = (
+        "ground",
+        "satellite",
+        "camera_model",
+        "K",
+        "camera_height_m",
+        "m_per_px",
+        "sat_center_uv",
+        "camera_uv_prior",
+        "yaw_deg_prior",
+    )
+
+    def __init__(self, config: FineMatchConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config if config is not None else FineMatchConfig()
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim)
+        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim)
+        if cfg.encoder.pretrained_path is not None:
+            for encoder in (self.ground_encoder, self.satellite_encoder):
+                load_pretrained(encoder, cfg.encoder.pretrained_path)
+        self.surface = SurfaceModel(cfg.surface, cfg.feat_dim)
+        # Spatial mixing compensates the stretched, sparse far-range BEV (DenseFlow eq. 2).
+        self.bev_refine = RefineBlock(cfg.feat_dim, True, cfg.encoder.norm)
+        self.bev_descriptor = DescriptorHead(cfg.feat_dim, cfg.desc_dim, cfg.encoder.norm)
+        self.sat_descriptor = DescriptorHead(cfg.feat_dim, cfg.desc_dim, cfg.encoder.norm)
+        self.refiner = SimRefiner(cfg.refiner)
+        self.dustbin = AdaptiveDustbin(cfg.matching.dustbin_hidden, cfg.matching.dustbin_init)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Match, lift and localize a batch.
+
+        Args:
+            batch: dict with :attr:`required_keys`: ``ground`` (B, 3, Hg, Wg) and
+                ``satellite`` (B, 3, Hs, Ws) in [0, 1] with all sizes divisible by 8,
+                ``camera_model`` (one model for the batch), ``K`` (B, 3, 3),
+                ``camera_height_m`` (B,), ``m_per_px`` (B,), ``sat_center_uv`` (B, 2),
+                ``camera_uv_prior`` (B, 2), ``yaw_deg_prior`` (B,).
+
+        Returns:
+            The prediction dict described in the class docstring.
+
+        Raises:
+            KeyError: required keys are missing.
+            ShapeError: an image has the wrong shape or size.
+        """
+        ground, satellite = check_batch(batch, self.required_keys)
+        cfg = self.config
+        grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
+        with self._autocast(satellite.device):
+            # 1. Ground and satellite encoders.
+            f_grd = self.ground_encoder(ground)
+            f_sat = self.satellite_encoder(satellite)
+            # 2. Ground features lifted over the height bins of every BEV cell (prior pose).
+            volume, valid = self._lift(f_grd, batch, grid_hw)
+            # 3. Surface Model: height distribution, surface height, visible-only fusion.
+            surface = self.surface(volume, valid)
+            # 4. L2-normalised BEV and satellite descriptors.
+            d_bev = self.bev_descriptor(self.bev_refine(surface.bev))
+            d_sat = self.sat_descriptor(f_sat)
+        row_valid = surface.bev_valid.flatten(1)
+        # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
+        sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
+        # 6. Adaptive dustbin + dual softmax; windowed expected match of every BEV cell.
+        coupling = self.dustbin(sim, row_valid)
+        dst_uv, weight = extract_matches(
+            coupling.probs[:, :-1, :-1], grid_hw, cfg.stride, cfg.matching.window_radius
+        )
+        src_uv = satellite_grid_uv(*grid_hw, cfg.stride, dst_uv.dtype, dst_uv.device)
+        src_uv = src_uv.reshape(1, -1, 2).expand(ground.shape[0], -1, -1)
+        # 7. Weighted Procrustes on the matches, composed with the prior pose.
+        camera_xy, yaw_deg, camera_uv = pose_from_matches(
+            src_uv,
+            dst_uv,
+            weight,
+            *(batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")),
+            config=cfg.matching,
+        )
+        return {
+            "camera_uv_pred": camera_uv,
+            "camera_xy_pred": camera_xy,
+            "yaw_deg_pred": yaw_deg,
+            "match_src_uv": src_uv,
+            "match_dst_uv": dst_uv,
+            "match_weight": weight,
+            "match_height_m": surface.height_m.flatten(1),
+            "surface_height_m": surface.height_m[:, None],
+            "height_logits": surface.logits,
+            "height_bins_m": self.surface.bins_m,
+            "similarity": sim,
+            "coupling": coupling.probs,
+            "bev_valid": surface.bev_valid[:, None].float(),
+            "column_valid": surface.column_valid[:, None].float(),
+        }
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
+        if not (self.config.mixed_precision and device.type == "cuda"):
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=getattr(torch, self.config.amp_dtype))
+
+    def _lift(
+        self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ground features (B, C, h, w) -> volume (B, C, Z, H, W), validity (B, Z, H, W)."""
+        camera_model = one_camera_model(batch["camera_model"])
+        ground = batch["ground"]
+        return bev_from_prior(
+            features,
+            batch["K"] if camera_model == "pinhole" else None,
+            camera_model,
+            (ground.shape[-1], ground.shape[-2]),
+            batch["sat_center_uv"],
+            batch["m_per_px"],
+            batch["camera_uv_prior"],
+            batch["yaw_deg_prior"],
+            batch["camera_height_m"],
+            grid_hw,
+            float(self.config.stride),
+            heights_m=self.surface.bins_m,
+        )
+
+
+def check_batch(
+    batch: dict[str, Any], required_keys: tuple[str, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ground and satellite images of a batch, checked.
+
+    Args:
+        batch: the batch dict.
+        required_keys: keys that must be present.
+
+    Returns:
+        ground (B, 3, Hg, Wg) and satellite (B, 3, Hs, Ws).
+
+    Raises:
+        KeyError: required keys are missing.
+        ShapeError: an image has the wrong shape or a size not divisible by 8.
+    """
+    missing = [k for k in required_keys if k not in batch]
+    if missing:
+        raise KeyError(f"batch misses keys {missing} (needs {required_keys})")
+    ground, satellite = batch["ground"], batch["satellite"]
+    check_shape(ground, ["B", 3, "Hg", "Wg"], "ground")
+    check_shape(satellite, [ground.shape[0], 3, "Hs", "Ws"], "satellite")
+    for name, image in (("ground", ground), ("satellite", satellite)):
+        if image.shape[-2] % OUTPUT_STRIDE or image.shape[-1] % OUTPUT_STRIDE:
+            raise ShapeError(
+                f"{name}: height and width must be divisible by {OUTPUT_STRIDE}, "
+                f"got {tuple(image.shape[-2:])}"
+            )
+    return ground, satellite
+
+
+def one_camera_model(value: str | list[str]) -> str:
+    """The one camera model of a batch (``collate`` makes a list of strings).
+
+    Args:
+        value: a model name or one per sample.
+
+    Returns:
+        ``"pinhole"`` or ``"panorama"``.
+
+    Raises:
+        ValueError: the batch mixes camera models.
+    """
+    models = {value} if isinstance(value, str) else set(value)
+    if len(models) != 1:
+        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
+    return models.pop()

@@ -1,0 +1,166 @@
+"""Matching: descriptors, similarity, adaptive dustbin + dual softmax, matches, pose."""
+
+import pytest
+import torch
+
+from cvloc.geometry.geo import pixel_to_world_xy
+from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d
+from cvloc.models.matching import (
+    AdaptiveDustbin,
+    DescriptorHead,
+    MatchingConfig,
+    extract_matches,
+    pose_from_matches,
+    similarity,
+)
+
+
+def test_descriptors_are_unit_norm():
+    head = DescriptorHead(6, 5, norm="batch")
+    d = head(torch.randn(2, 6, 4, 3))
+    assert d.shape == (2, 5, 4, 3)
+    assert torch.allclose(d.norm(dim=1), torch.ones(2, 4, 3), atol=1e-5)
+
+
+def test_similarity_is_scaled_cosine():
+    d_bev = torch.nn.functional.normalize(torch.randn(2, 4, 3, 3), dim=1)
+    d_sat = torch.nn.functional.normalize(torch.randn(2, 4, 2, 5), dim=1)
+    S = similarity(d_bev, d_sat, 0.1)
+    assert S.shape == (2, 9, 10)
+    assert torch.allclose(S[1, 4, 7], (d_bev[1, :, 1, 1] * d_sat[1, :, 1, 2]).sum() / 0.1)
+    assert S.abs().max() <= 10.0 + 1e-4
+
+
+class TestDustbin:
+    def coupling(self, seed=0, valid=None):
+        g = torch.Generator().manual_seed(seed)
+        S = 3 * torch.randn(2, 12, 15, generator=g)
+        valid = torch.rand(2, 12, generator=g) > 0.3 if valid is None else valid
+        dustbin = AdaptiveDustbin(hidden=8, init=1.0)
+        with torch.no_grad():
+            for p in dustbin.parameters():
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+        return S, valid, dustbin, dustbin(S, valid)
+
+    def test_rows_and_columns_sum_correctly(self):
+        *_, c = self.coupling()
+        assert c.probs.shape == (2, 13, 16)
+        assert torch.allclose(c.row_softmax.sum(2), torch.ones(2, 13), atol=1e-6)
+        assert torch.allclose(c.col_softmax.sum(1), torch.ones(2, 16), atol=1e-6)
+        assert torch.allclose(c.probs, c.row_softmax * c.col_softmax)
+        assert (c.probs >= 0).all() and (c.probs <= 1).all()
+        # Every BEV cell spends at most all of its mass on matches, every satellite cell too.
+        assert (c.probs[:, :-1, :].sum(2) <= 1 + 1e-6).all()
+        assert (c.probs[:, :, :-1].sum(1) <= 1 + 1e-6).all()
+
+    def test_unseen_cells_go_to_the_dustbin(self):
+        _, valid, _, c = self.coupling()
+        unseen = ~valid
+        assert unseen.any()
+        assert torch.allclose(c.row_softmax[:, :-1, -1][unseen], torch.ones(int(unseen.sum())))
+        assert (c.probs[:, :-1, :-1][unseen] == 0).all()
+        # ... and take no part in the satellite cells' column softmax.
+        assert (c.col_softmax[:, :-1, :-1][unseen] == 0).all()
+
+    def test_dustbin_score_adapts_to_context(self):
+        S, valid, _, c = self.coupling()
+        padded_row = torch.log(c.row_softmax[:, :-1])  # log-probabilities of each row
+        z_row = padded_row[..., -1] - padded_row[..., 0] + S[..., 0]  # dustbin score
+        seen = valid.nonzero()
+        scores = z_row[seen[:, 0], seen[:, 1]]
+        assert scores.std() > 1e-3  # not one learned constant
+        constant = AdaptiveDustbin(hidden=8, init=2.0)(S, valid)  # zero-initialised MLPs
+        log_row = torch.log(constant.row_softmax[:, :-1])
+        z = log_row[..., -1] - log_row[..., 0] + S[..., 0]
+        assert torch.allclose(z[valid], torch.full_like(z[valid], 2.0), atol=1e-4)
+
+
+class TestExtractMatches:
+    def test_bilinear_row_gives_its_exact_location(self):
+        H, W, stride = 4, 5, 8.0
+        probs = torch.zeros(1, 2, H * W)
+        # Cell (row 1.25, col 2.5): bilinear weights over rows 1-2, cols 2-3, total mass 0.8.
+        for (r, c), w in {(1, 2): 0.375, (1, 3): 0.375, (2, 2): 0.125, (2, 3): 0.125}.items():
+            probs[0, 0, r * W + c] = 0.8 * w
+        dst_uv, weight = extract_matches(probs, (H, W), stride, radius=1)
+        expected = torch.tensor([(2.5 + 0.5) * stride - 0.5, (1.25 + 0.5) * stride - 0.5])
+        assert torch.allclose(dst_uv[0, 0], expected)
+        assert weight[0, 0].item() == pytest.approx(0.8)
+        assert weight[0, 1] == 0 and torch.isfinite(dst_uv).all()  # an unmatched row
+
+    def test_window_ignores_a_distant_mode(self):
+        H = W = 8
+        probs = torch.zeros(1, 1, H * W)
+        probs[0, 0, 1 * W + 1] = 0.5
+        probs[0, 0, 6 * W + 6] = 0.3  # a second, weaker mode far away
+        dst_uv, weight = extract_matches(probs, (H, W), 1.0, radius=2)
+        assert torch.allclose(dst_uv[0, 0], torch.tensor([1.0, 1.0]))
+        assert weight[0, 0].item() == pytest.approx(0.5)
+        whole_row, _ = extract_matches(probs, (H, W), 1.0, radius=H)
+        assert not torch.allclose(whole_row[0, 0], torch.tensor([1.0, 1.0]))
+
+
+def rigid_matches(B=2, N=60, seed=0):
+    """BEV cells at the prior and their exact matches under a known prior -> GT motion."""
+    g = torch.Generator().manual_seed(seed)
+    center = torch.full((B, 2), 63.5)
+    m = torch.full((B,), 0.25)
+    prior_uv = center + 3 * torch.randn(B, 2, generator=g)
+    prior_yaw = 30 * torch.randn(B, generator=g)
+    gt_uv = prior_uv + 8 * torch.randn(B, 2, generator=g)
+    gt_yaw = prior_yaw + 8 * torch.randn(B, generator=g)
+    src_uv = 128 * torch.rand(B, N, 2, generator=g)
+    R, t = relative_rigid_2d(
+        pixel_to_world_xy(prior_uv, center, m),
+        prior_yaw,
+        pixel_to_world_xy(gt_uv, center, m),
+        gt_yaw,
+    )
+    src_xy = pixel_to_world_xy(src_uv, center[:, None], m[:, None])
+    dst_xy = apply_rigid_2d(R, t, src_xy)
+    dst_uv = dst_xy / m[:, None, None] * torch.tensor([1.0, -1.0]) + center[:, None]
+    return src_uv, dst_uv, (center, m, prior_uv, prior_yaw), (gt_uv, gt_yaw)
+
+
+class TestPoseFromMatches:
+    def test_exact_matches_give_the_pose(self):
+        src, dst, geo, (gt_uv, gt_yaw) = rigid_matches()
+        xy, yaw, uv = pose_from_matches(src, dst, torch.rand(2, 60) + 0.1, *geo)
+        assert torch.allclose(uv, gt_uv, atol=1e-3)
+        assert torch.allclose(yaw, gt_yaw, atol=1e-3)
+        assert torch.allclose(xy, pixel_to_world_xy(uv, geo[0], geo[1]), atol=1e-5)
+
+    def test_no_weight_keeps_the_prior(self):
+        src, dst, geo, _ = rigid_matches()
+        _, yaw, uv = pose_from_matches(src, dst, torch.zeros(2, 60), *geo)
+        assert torch.allclose(uv, geo[2]) and torch.allclose(yaw, geo[3])
+
+    def test_ransac_rejects_outliers_procrustes_does_not(self):
+        src, dst, geo, (gt_uv, gt_yaw) = rigid_matches(N=80)
+        dst = dst.clone()
+        dst[:, :24] = 128 * torch.rand(2, 24, 2, generator=torch.Generator().manual_seed(3))
+        weight = torch.ones(2, 80)
+        ransac = MatchingConfig(solver="ransac", ransac_iters=64, ransac_threshold_m=0.5)
+        _, yaw_r, uv_r = pose_from_matches(src, dst, weight, *geo, config=ransac)
+        uv_p = pose_from_matches(src, dst, weight, *geo)[2]
+        assert torch.allclose(uv_r, gt_uv, atol=1e-3) and torch.allclose(yaw_r, gt_yaw, atol=1e-3)
+        assert (uv_p - gt_uv).norm(dim=-1).max() > 1.0
+        # Deterministic: the seed fixes the hypotheses.
+        again = pose_from_matches(src, dst, weight, *geo, config=ransac)
+        assert torch.equal(again[2], uv_r)
+
+    def test_gradient_reaches_matches_and_weights(self):
+        src, dst, geo, _ = rigid_matches()
+        dst = (dst + 0.5 * torch.randn_like(dst)).requires_grad_()
+        weight = (torch.rand(2, 60) + 0.1).requires_grad_()
+        xy, yaw, _ = pose_from_matches(src, dst, weight, *geo)
+        (xy.sum() + yaw.sum()).backward()
+        assert torch.isfinite(dst.grad).all() and dst.grad.abs().sum() > 0
+        assert torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        MatchingConfig(solver="magsac")
+    with pytest.raises(ValueError):
+        MatchingConfig(temperature=0.0)
