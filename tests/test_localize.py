@@ -10,14 +10,14 @@ import pytest
 import torch
 from PIL import Image
 
-from cvloc.checkpoint import save_checkpoint, weights_dir
+from cvloc.checkpoint import CheckpointError, save_checkpoint, weights_dir
 from cvloc.cli import main
 from cvloc.config import config_to_dict, load_config
 from cvloc.data.batch import collate
 from cvloc.data.images import SampleError
 from cvloc.data.pairs import PairsDataset
 from cvloc.engine.builders import build_model
-from cvloc.geometry import pixel_to_latlon, scale_intrinsics
+from cvloc.geometry import scale_intrinsics
 from cvloc.localize import LocalizeInputError, Localizer, Panorama, Pinhole, Prior
 from cvloc.localize_inputs import load_image
 from cvloc.localize_quality import pose_covariance
@@ -166,47 +166,20 @@ def test_shipped_denseflow_localizes_better_than_the_prior(pairs):
 
 def test_geo_referenced_tile_gives_the_camera_latlon(pairs):
     directory, meta = sample(pairs, "kitti-small")
-    center, prior_uv = (49.015, 8.43), (150.0, 100.0)
-    result = Localizer.prior_baseline().localize(
-        directory / "ground.png",
-        directory / "satellite.png",
-        camera(meta),
-        zoom=17,
-        scale=2,
-        sat_center_latlon=center,
-        prior=Prior(uv=prior_uv, yaw_deg=0.0),
-        camera_height_m=1.65,
-    )
+    center, localizer = (49.015, 8.43), Localizer.prior_baseline()
+    args = (directory / "ground.png", directory / "satellite.png", camera(meta))
+    kwargs = {"sat_center_latlon": center, "camera_height_m": 1.65, "prior": Prior((150, 100), 0)}
+    result = localizer.localize(*args, zoom=17, scale=2, **kwargs)
     assert result.inputs["m_per_px"] == pytest.approx(meta["m_per_px"], rel=1e-4)
-    expected = pixel_to_latlon(
-        torch.tensor(prior_uv, dtype=torch.float64),
-        torch.tensor(center, dtype=torch.float64),
-        torch.tensor([127.5, 127.5], dtype=torch.float64),
-        17,
-        2,
-    )
-    np.testing.assert_allclose(result.latlon, expected.numpy(), atol=1e-10)
-    # The lat/lon displacement from the centre, in local metres, is the metric position.
-    lat, lon = result.latlon
-    east = math.radians(lon - center[1]) * EARTH_RADIUS_M * math.cos(math.radians(lat))
-    north = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) - math.log(
-        math.tan(math.pi / 4 + math.radians(center[0]) / 2)
-    )
-    north *= EARTH_RADIUS_M * math.cos(math.radians(lat))
+    # The lat/lon's displacement from the centre, in local metres, is the metric position.
+    (lat, lon), lat0 = np.radians(result.latlon), math.radians(center[0])
+    east = (lon - math.radians(center[1])) * EARTH_RADIUS_M * math.cos(lat)
+    mercator_north = math.log(math.tan(math.pi / 4 + lat / 2) / math.tan(math.pi / 4 + lat0 / 2))
+    north = mercator_north * EARTH_RADIUS_M * math.cos(lat)
     np.testing.assert_allclose([east, north], result.camera_xy_m, rtol=2e-3)
-
-
-def test_m_per_px_with_a_centre_also_gives_latlon(pairs):
-    directory, meta = sample(pairs, "kitti-small")
-    kwargs = {"camera": camera(meta), "camera_height_m": 1.65, "prior": Prior(yaw_deg=0.0)}
-    localizer = Localizer.prior_baseline()
-    images = (directory / "ground.png", directory / "satellite.png")
-    by_zoom = localizer.localize(
-        *images, zoom=17, scale=2, sat_center_latlon=(49.0, 8.4), **kwargs
-    )
-    m_per_px = by_zoom.inputs["m_per_px"]
-    by_m = localizer.localize(*images, m_per_px=m_per_px, sat_center_latlon=(49.0, 8.4), **kwargs)
-    np.testing.assert_allclose(by_m.latlon, by_zoom.latlon, atol=1e-9)
+    # m_per_px with a centre geo-references the tile the same way.
+    by_m = localizer.localize(*args, m_per_px=result.inputs["m_per_px"], **kwargs)
+    np.testing.assert_allclose(by_m.latlon, result.latlon, atol=1e-9)
 
 
 def test_every_image_kind_decodes_alike(tmp_path):
@@ -275,3 +248,47 @@ def test_a_checkpoint_refuses_another_camera_model(pairs, checkpoints):
         localizer.localize(
             directory / "ground.png", directory / "satellite.png", Panorama(), m_per_px=0.28
         )
+
+
+def test_checkpoint_trained_on_pairs_takes_their_sizes(pairs, tmp_path):
+    cfg = load_config("overfit", ["data.dataset=pairs", f"data.root={pairs / 'vigor-small'}"])
+    path = tmp_path / "pairs.pt"
+    save_checkpoint(
+        path, {"model": build_model(cfg.model).state_dict(), "config": config_to_dict(cfg)}
+    )
+    localizer = Localizer.from_pretrained(path)
+    assert (localizer.camera_model, localizer.ground_size) == ("panorama", (320, 160))
+    assert localizer.shift_range_m == pytest.approx(
+        sample(pairs, "vigor-small")[1]["shift_range_m"]
+    )
+    cfg = load_config("overfit", ["data.dataset=pairs", f"data.root={tmp_path / 'gone'}"])
+    save_checkpoint(
+        path, {"model": build_model(cfg.model).state_dict(), "config": config_to_dict(cfg)}
+    )
+    with pytest.raises(CheckpointError, match="image sizes are unknown"):
+        Localizer.from_pretrained(path)
+
+
+def test_inputs_far_from_the_training_data_warn(pairs, checkpoints):
+    directory, _ = sample(pairs, "kitti-small")
+    ground = Image.open(directory / "ground.png").resize((400, 300))
+    result = Localizer.from_pretrained(checkpoints["kitti-small"]).localize(
+        ground, directory / "satellite.png", Pinhole(fov_deg=80), m_per_px=0.9,
+        prior=Prior(yaw_deg=0.0), search_radius_m=30,
+    )  # fmt: skip
+    assert [w.split(":")[0] for w in result.warnings] == ["ground", "satellite"]
+    assert result.inputs["working"]["m_per_px"] == pytest.approx(0.9)
+
+
+def test_non_square_tile_is_padded_and_mapped_back(pairs):
+    # A 2x-resolution, 512 x 400 crop: fitted to 256 x 200 and zero-padded to 256 x 256.
+    directory, meta = sample(pairs, "kitti-small")
+    tile = Image.open(directory / "satellite.png").resize((512, 512)).crop((0, 0, 512, 400))
+    result = Localizer.prior_baseline().localize(
+        directory / "ground.png", tile, camera(meta), m_per_px=0.2, camera_height_m=1.65,
+        prior=Prior(uv=(300.2, 180.7), yaw_deg=5.0), search_radius_m=10,
+    )  # fmt: skip
+    np.testing.assert_allclose(result.camera_uv, [300.2, 180.7], atol=1e-4)
+    expected_xy = [(300.2 - 255.5) * 0.2, -(180.7 - 199.5) * 0.2]  # centre (255.5, 199.5)
+    np.testing.assert_allclose(result.camera_xy_m, expected_xy, atol=1e-4)
+    assert result.inputs["working"]["m_per_px"] == pytest.approx(0.4, rel=1e-3)

@@ -53,15 +53,14 @@ def one_line_error(capsys, argv, expected):
     assert expected in err, err
 
 
-def test_classical_localizes_an_easy_pair_with_latlon(pairs, tmp_path):
+def test_classical_localizes_an_easy_pair_of_unknown_heading_with_latlon(pairs, tmp_path):
     _, meta, args = pair(pairs, "kitti-small", 1)
     gt_uv = np.array(meta["camera_uv"])
-    prior = gt_uv + np.array([3.0, -2.0])  # 1.4 m from the GT: an easy pair
+    prior = gt_uv + np.array([3.0, -2.0])  # 1.4 m from the GT: easy, but any heading
     out = tmp_path / "out"
     lat, lon = CENTER_LATLON
     options = f"--camera-height-m 1.65 --zoom 17 --scale 2 --sat-center-latlon {lat},{lon} "
-    options += f"--prior-uv {prior[0]},{prior[1]} --prior-yaw-deg {meta['yaw_deg'] + 3} "
-    options += "--search-radius-m 4"
+    options += f"--prior-uv {prior[0]},{prior[1]} --search-radius-m 4"
     argv = ["localize", "--method", "classical", *args, *options.split(), "--out", str(out)]
     assert main(argv) == 0
     pose = json.loads((out / "pose.json").read_text())
@@ -70,6 +69,7 @@ def test_classical_localizes_an_easy_pair_with_latlon(pairs, tmp_path):
     error_m = np.linalg.norm(np.array(pose["camera_uv"]) - gt_uv) * m_per_px
     assert error_m < 1.0
     assert abs((pose["yaw_deg"] - meta["yaw_deg"] + 180) % 360 - 180) < 1.5
+    assert pose["inputs"]["prior"]["yaw_deg"] is None
 
     # Geo round trip: the lat/lon is the predicted pixel's, and as far from the GT's as the
     # pose error says.
@@ -119,6 +119,7 @@ def test_checkpoint_on_a_panorama_writes_pose_with_uncertainty(pairs, tmp_path):
 
 def test_batch_reports_a_bad_row_and_runs_the_others(pairs, tmp_path, capsys):
     directory, _, _ = pair(pairs, "kitti-small")
+    k_json = directory / "K.json"
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"not a png")
     table = tmp_path / "pairs.csv"
@@ -126,10 +127,12 @@ def test_batch_reports_a_bad_row_and_runs_the_others(pairs, tmp_path, capsys):
     with open(table, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["name", "ground", "satellite", "fov_deg", "prior_yaw_deg"])
-        for name, ground in rows:
-            writer.writerow([name, ground, directory / "satellite.png", 80, 10])
+        for (name, ground), fov in zip(rows, (80, 80, ""), strict=True):
+            writer.writerow([name, ground, directory / "satellite.png", fov, 10])
     out = tmp_path / "out"
+    # Command-line values fill empty cells; a row's camera replaces the command line's.
     options = "--method prior --m-per-px 0.39 --camera-height-m 1.65 --no-visualization"
+    options += " --intrinsics " + str(k_json)
     argv = ["localize", *options.split(), "--pairs", str(table), "--out", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err
@@ -140,6 +143,9 @@ def test_batch_reports_a_bad_row_and_runs_the_others(pairs, tmp_path, capsys):
     assert (out / "a" / "pose.json").is_file() and (out / "c" / "pose.json").is_file()
     assert not (out / "b").exists()
     assert float(summary[0]["yaw_deg"]) == pytest.approx(10.0)
+    cameras = [json.loads((out / n / "pose.json").read_text())["inputs"]["camera"] for n in "ac"]
+    assert cameras[0] == {"model": "pinhole", "fov_deg": 80.0}
+    assert cameras[1]["K"] == json.loads(k_json.read_text())
 
 
 @pytest.mark.parametrize(

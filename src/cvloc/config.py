@@ -32,7 +32,8 @@ __all__ = [
     "ConfigError", "DataConfig", "EvalConfig", "ExperimentConfig", "ModelConfig", "TrainConfig",
     "config_from_dict", "config_to_dict", "config_to_yaml", "list_presets", "load_config",
 ]  # fmt: skip
-DATASETS = ("synthetic", "pairs")
+DATASETS = ("synthetic", "pairs", "kitti", "ford", "vigor", "oxford")
+REAL_DATASETS = ("kitti", "ford", "vigor", "oxford")
 METHODS = ("denseflow", "finematch")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
@@ -46,13 +47,16 @@ PRESETS_DIR = Path(str(resources.files("cvloc") / "configs"))
 class DataConfig:
     """Which pairs to train and validate on (never a test split).
 
-    Synthetic: the ``train`` and ``val`` splits; pairs: ``root`` and ``val_root``.
+    Synthetic: the ``train`` and ``val`` splits; pairs: ``root`` and ``val_root``; a real
+    benchmark (kitti, ford, vigor, oxford): its loader's ``train`` split and the ``val``
+    slice it holds out of train (never a test split), with bad samples skipped and counted.
 
     Attributes:
-        dataset: ``"synthetic"`` (generated on the fly) or ``"pairs"`` (``cvloc-pairs/1``).
+        dataset: ``"synthetic"`` (generated on the fly), ``"pairs"`` (``cvloc-pairs/1``), or
+            a real benchmark ``"kitti"``, ``"ford"``, ``"vigor"``, ``"oxford"``.
         preset: synthetic preset (``kitti``, ``kitti-small``, ``vigor``, ``vigor-small``).
         area: synthetic area, ``"same"`` or ``"cross"``.
-        root: ``pairs`` directory of the training pairs.
+        root: ``pairs`` directory of the training pairs, or the real benchmark's root.
         val_root: validation ``pairs``; None holds out the last ``num_val`` of ``root``.
         num_train: synthetic training pairs per epoch (generator indices 0 .. num_train-1).
         num_val: validation pairs.
@@ -65,6 +69,8 @@ class DataConfig:
         cache_train: keep training items in memory after first use (a synthetic pair takes
             ~1 s to make); needs ``resample_each_epoch`` false and ``num_workers`` 0.
         cache_val: keep the (fixed) validation items in memory, loaded in the main process.
+        options: keyword options of a real benchmark's loader (:mod:`cvloc.data.registry`),
+            e.g. ``{area: cross, yaw_range_deg: 180}`` for VIGOR or ``{log: 2}`` for Ford.
     """
 
     dataset: str = "synthetic"
@@ -81,14 +87,15 @@ class DataConfig:
     resample_each_epoch: bool = True
     cache_train: bool = False
     cache_val: bool = True
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         choices = {"dataset": DATASETS, "area": SYNTHETIC_AREAS}
         check_fields(
             "data", self, choices, ("num_train", "num_val", "batch_size"), ("num_workers",)
         )
-        if self.dataset == "pairs" and not self.root:
-            raise ValueError("data.root: the pairs dataset needs a directory")
+        if self.dataset in ("pairs", *REAL_DATASETS) and not self.root:
+            raise ValueError(f"data.root: the {self.dataset} dataset needs a directory")
         if self.yaw_range_deg is not None and not 0 <= self.yaw_range_deg <= 180:
             raise ValueError(f"data.yaw_range_deg must be in [0, 180], got {self.yaw_range_deg}")
         if self.cache_train and (self.num_workers or self.resample_each_epoch):

@@ -37,7 +37,7 @@ from tqdm import tqdm
 from cvloc import __version__
 from cvloc.checkpoint import CheckpointError, load_model, resolve_checkpoint
 from cvloc.data.batch import camera_xy, collate
-from cvloc.data.pairs import PairsDataset, write_dataset_json, write_pair
+from cvloc.data.pairs import PairsDataset, PairsFormatError, write_dataset_json, write_pair
 from cvloc.data.synthetic import generate_pair
 from cvloc.evaluate import batch_match_precision, evaluate
 from cvloc.metrics import aggregate_match_precision, format_metrics_table, localization_metrics
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     Args:
         parser: the sub-command parser.
     """
-    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="output directory")
+    parser.add_argument("--out", type=Path, default=Path("demo_out"), help="(default demo_out)")
     parser.add_argument("--num", type=int, default=100, help="test pairs (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed (default 0)")
     parser.add_argument(
@@ -80,12 +80,12 @@ def run(args: argparse.Namespace) -> int:
         args: parsed options of :func:`add_arguments`.
 
     Returns:
-        0 on success (also without DenseFlow weights), 2 on a user error, 130 when
-        interrupted.
+        0 on success (also without DenseFlow weights), 2 on a user error (unusable
+        ``--out``, unreadable pairs there), 130 when interrupted.
     """
     try:
         return _run(args)
-    except (DemoError, OSError) as exc:
+    except (DemoError, OSError, PairsFormatError, json.JSONDecodeError) as exc:
         print(f"cvloc demo: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

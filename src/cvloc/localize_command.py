@@ -41,7 +41,7 @@ SUMMARY = (
 # not "--" + the name with dashes.
 OPTIONS = {
     "K": "--intrinsics", "m_per_px / zoom": "--m-per-px / --zoom", "camera": "camera",
-    "prior_u": "--prior-uv", "prior_v": "--prior-uv",
+    "prior_u": "--prior-uv", "prior_v": "--prior-uv", "prior": "--prior-uv / --prior-yaw-deg",
     "sat_center_lat": "--sat-center-latlon", "sat_center_lon": "--sat-center-latlon",
 }  # fmt: skip
 TRUE, FALSE = ("1", "true", "yes"), ("0", "false", "no")
@@ -67,23 +67,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--method", choices=METHODS, help="a non-learned method instead")
     parser.add_argument("--ground", metavar="IMG", help="the ground image")
     parser.add_argument("--satellite", metavar="IMG", help="the north-up satellite image")
-    parser.add_argument(
-        "--pairs", metavar="CSV", help=f"batch mode: one pair per row, columns {COLUMNS}"
-    )
+    parser.add_argument("--pairs", metavar="CSV", help=f"batch: columns {', '.join(COLUMNS)}")
     cam = parser.add_argument_group("ground camera (one of)")
-    cam.add_argument("--fov-deg", type=float, help="pinhole: horizontal field of view")
+    cam.add_argument("--fov-deg", type=float, metavar="F", help="pinhole: horizontal FoV")
     cam.add_argument("--intrinsics", metavar="K.json", help="pinhole: JSON 3x3 K, list of rows")
     cam.add_argument("--panorama", action="store_true", help="equirectangular 360 (W = 2 H)")
     sat = parser.add_argument_group("satellite resolution: --m-per-px, or --zoom with a centre")
-    sat.add_argument("--m-per-px", type=float, help="metres per pixel of the given image")
-    sat.add_argument("--zoom", type=float, help="Web Mercator zoom level")
+    sat.add_argument("--m-per-px", type=float, metavar="M", help="of the given image")
+    sat.add_argument("--zoom", type=float, metavar="Z", help="Web Mercator zoom level")
     sat.add_argument("--sat-center-latlon", metavar="LAT,LON", help="tile centre: gives lat/lon")
-    sat.add_argument("--scale", type=int, help="tile pixel density with --zoom (default 1)")
-    parser.add_argument("--camera-height-m", type=float, help="default: the training data's")
+    sat.add_argument("--scale", type=int, metavar="S", help="tile pixel density (default 1)")
+    parser.add_argument("--camera-height-m", type=float, metavar="H", help="default: the model's")
     prior = parser.add_argument_group("prior (default: the tile centre, any heading)")
     prior.add_argument("--prior-uv", metavar="U,V", help="satellite pixels of the given image")
-    prior.add_argument("--prior-yaw-deg", type=float, help="degrees clockwise from north")
-    prior.add_argument("--search-radius-m", type=float, help="default: the training range")
+    prior.add_argument("--prior-yaw-deg", type=float, metavar="Y", help="clockwise from north")
+    prior.add_argument("--search-radius-m", type=float, metavar="R", help="default: the model's")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--no-visualization", action="store_true", help="skip the figures")
@@ -111,6 +109,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--ground and --satellite are required (or --pairs CSV)")
     localizer = _localizer(args)
     out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out}: cannot create it ({exc.strerror})") from exc
     if args.pairs is not None:
         return _run_batch(localizer, Path(args.pairs), defaults, out, not args.no_visualization)
     result = _localize(localizer, defaults, {})
@@ -226,8 +228,7 @@ def _read_intrinsics(path: Path, label: str) -> Any:
 
     expected = "a JSON 3x3 matrix as a list of 3 rows, [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]"
     try:
-        K = json.loads(path.read_text())
-        return Pinhole(K=K)
+        return Pinhole(K=json.loads(path.read_text()))
     except OSError as exc:
         raise UsageError(f"{label} {path}: cannot read it ({exc.strerror})") from exc
     except (ValueError, LocalizeInputError) as exc:  # JSONDecodeError is a ValueError
@@ -248,7 +249,7 @@ def _run_batch(
     unknown = sorted(set(reader.fieldnames or ()) - set(COLUMNS))
     if not rows or unknown:
         problem = f"unknown columns {unknown}" if unknown else "no rows"
-        raise UsageError(f"--pairs {path}: {problem} (expected a header with {COLUMNS})")
+        raise UsageError(f"--pairs {path}: {problem}; the columns are {', '.join(COLUMNS)}")
     summary, failed, names = [], 0, set()
     for i, (line, row) in enumerate(tqdm(rows, desc="localize", unit="pair"), start=1):
         name, fields, labels = _row_fields(row, path.parent, defaults, f"{i:04d}")
@@ -263,7 +264,6 @@ def _run_batch(
             summary.append({"row": i, "name": name, "status": "error", "error": str(exc)})
             continue
         summary.append(_summary_row(i, name, out / name, result))
-    out.mkdir(parents=True, exist_ok=True)
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, SUMMARY)
         writer.writeheader()

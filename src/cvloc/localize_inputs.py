@@ -93,6 +93,11 @@ class Prior:
     uv: tuple[float, float] | None = None
     yaw_deg: float | None = None
 
+    def __post_init__(self) -> None:
+        values = [*(self.uv if self.uv is not None else ()), self.yaw_deg or 0.0]
+        if (self.uv is not None and len(self.uv) != 2) or not np.isfinite(values).all():
+            raise LocalizeInputError(f"prior: expected uv=(u, v) and yaw_deg numbers, got {self}")
+
 
 def load_image(image: ImageInput, name: str) -> torch.Tensor:
     """Decode an image to RGB in [0, 1], as the model sees it.

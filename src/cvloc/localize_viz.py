@@ -30,6 +30,7 @@ from cvloc.viz import PRIOR_COLOR, draw_image, draw_pose, draw_search_region
 
 PRED_COLOR = "#ff1744"
 SCORE_CMAP = "viridis"
+POSE_ZORDER = 5
 GRID = (16, 6)  # ground-image cells (columns, rows) that each keep their best match
 
 
@@ -86,7 +87,10 @@ def localization_figure(result: Any, max_matches: int = 60) -> Figure:
     title = f"ground {wg}x{hg}: the {len(keep)} strongest of {n} correspondences"
     draw_image(ax_g, ground.transpose(2, 0, 1) / 255.0, title)
     draw_image(ax_s, sat.transpose(2, 0, 1) / 255.0, f"satellite {ws}x{hs}, north up")
+    before = set(ax_s.get_children())
     _draw_prior_and_pose(ax_s, result)
+    for artist in set(ax_s.get_children()) - before:
+        artist.set_zorder(POSE_ZORDER)  # above the matches
     _zoom_to_search(ax_s, result, (ws, hs))
     cmap = ScalarMappable(Normalize(0.0, 1.0), SCORE_CMAP)
     for i in keep[::-1]:  # weakest first, so the strongest lines end on top
@@ -94,9 +98,9 @@ def localization_figure(result: Any, max_matches: int = 60) -> Figure:
         line = ConnectionPatch(
             xyA=tuple(result.ground_uv[i]), coordsA=ax_g.transData,
             xyB=tuple(result.sat_uv[i]), coordsB=ax_s.transData,
-            color=color, linewidth=0.8, alpha=0.85,
+            color=color, linewidth=0.8, alpha=0.85, zorder=2, clip_on=False, in_layout=False,
         )  # fmt: skip
-        fig.add_artist(line)
+        ax_s.add_artist(line)  # drawn with the satellite axes, under the poses (zorder)
         ax_g.plot(*result.ground_uv[i], "o", ms=2.5, color=color, mec="black", mew=0.3)
         ax_s.plot(*result.sat_uv[i], "o", ms=2.5, color=color, mec="black", mew=0.3)
     for ax in (ax_text, ax_legend, ax_bar):

@@ -1,4 +1,4 @@
-"""Figures: pair previews now; model predictions reuse the same drawing helpers.
+"""Figures: pair previews, and predictions in the style of DenseFlow's Figures 4 and 5.
 
 Every function draws on a :class:`matplotlib.axes.Axes` or builds a
 :class:`matplotlib.figure.Figure` rendered with the Agg canvas, so importing this module
@@ -367,6 +367,7 @@ CONFIDENCE_THRESHOLD = 0.5  # Fig. 5: circles above, stars below
 CONFIDENCE_CMAP = "RdYlBu"  # red: unsure, blue: confident (Fig. 5 draws confident in blue)
 PRED_COLOR = "#ff1744"
 UNSEEN_GREY = 0.85  # BEV cells the ground camera does not see
+_LIFT_KEYS = ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior", "camera_height_m")
 
 
 def bev_image(item: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -675,7 +676,8 @@ def confidence_figure(
     title = f"{item['name']}: {method}, {len(pick)} matches drawn, {confident} confident"
     draw_image(ax_g, item["ground"], f"{title} (circles), {len(pick) - confident} not (stars)")
     draw_match_markers(ax_g, m["ground_uv"][m["ground_valid"]], m["score"][m["ground_valid"]])
-    draw_confidence(ax_conf, _confidence_map(pred, valid), valid.numpy(), "confidence (BEV)")
+    label = "confidence (BEV)" if "confidence_iters" in pred else "match weight / max (BEV)"
+    draw_confidence(ax_conf, _confidence_map(pred, valid), valid.numpy(), label)
     draw_image(ax_bev, _with_unseen_grey(bev, valid), "BEV at the prior pose")
     draw_image(ax_sat, item["satellite"], "satellite")
     artist = draw_matches(ax_bev, ax_sat, m["src_uv"], m["dst_uv"], m["score"])
@@ -757,9 +759,6 @@ def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = 80, palette: bo
     rgb = Image.open(buffer).convert("RGB")
     rgb.quantize(256, method=Image.Quantize.FASTOCTREE).save(path, optimize=True)
     return path
-
-
-_LIFT_KEYS = ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior", "camera_height_m")
 
 
 def _zoom_to_bev(

@@ -55,9 +55,9 @@ class TestSurfaceRule:
         hard = surface_height(surface_steps(cumulative, 0.5, None), bins)
         errors = [
             (surface_height(surface_steps(cumulative, 0.5, t), bins) - hard).abs().item()
-            for t in (0.3, 0.1, 0.01)
+            for t in (0.3, 0.01)
         ]
-        assert errors[0] > errors[1] > errors[2] and errors[2] < 1e-6
+        assert errors[0] > 0.01 and errors[1] < 1e-6
 
     def test_soft_height_is_differentiable(self):
         logits = torch.randn(2, 6, 3, 3, requires_grad=True)
@@ -111,7 +111,7 @@ class TestSurfaceModel:
         assert torch.allclose(out.bev, torch.full((1, 3, 2, 2), 0.5))
 
     def test_fusion_drops_invalid_bins(self):
-        model = fixed_surface([0.0, 0.0, 0.0, -9.0])  # surface at bin 1 (mass 2/3 + ...)
+        model = fixed_surface([0.0, 0.0, 0.0, -9.0], feat_dim=2)  # top-down (1, 2/3, 1/3, 0)
         model.eval()
         volume = torch.arange(4.0).view(1, 1, 4, 1, 1).expand(1, 2, 4, 1, 2).clone()
         valid = torch.ones(1, 4, 1, 2, dtype=torch.bool)
@@ -125,10 +125,11 @@ class TestSurfaceModel:
 
 
 def test_surface_height_recovers_a_box():
-    """A few dozen steps of the height loss alone fit a box-shaped height map."""
+    """Sixty steps of the height loss alone fit a box-shaped height map (hard rule)."""
     torch.manual_seed(0)
     cfg = FineMatchConfig(
-        encoder=EncoderConfig(base_channels=8, blocks_per_stage=(1, 1, 1)),
+        # Instance norm: no BatchNorm running statistics to lag behind in eval mode.
+        encoder=EncoderConfig(base_channels=8, blocks_per_stage=(1, 1, 1), norm="instance"),
         surface=SurfaceConfig(num_height_bins=4, max_height_m=6.0, reduced_dim=4, hidden_dim=16),
         feat_dim=16,
         desc_dim=8,
@@ -142,7 +143,7 @@ def test_surface_height_recovers_a_box():
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     grid_hw = (16, 16)
     target, inside = surface_height_targets(box, gt_cell_uv(batch, grid_hw, 8.0))
-    for _ in range(40):
+    for _ in range(60):
         pred = model(batch)
         mask = inside & (pred["column_valid"].flatten(1) > 0)
         loss = height_loss(pred["height_logits"], pred["height_bins_m"], target, mask, 0.75)
@@ -154,4 +155,4 @@ def test_surface_height_recovers_a_box():
         pred = model(batch)
     error = (pred["match_height_m"] - target).abs()[mask]
     assert mask.sum() > 100 and (target[mask] > 0).any() and (target[mask] == 0).any()
-    assert (error < 1.0).float().mean() > 0.9, error
+    assert (error < 1.0).float().mean() > 0.95, error

@@ -19,16 +19,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
-from cvloc.config import DataConfig
+from cvloc.config import REAL_DATASETS, DataConfig
 from cvloc.data.batch import collate
 from cvloc.engine.distributed import DistInfo
 
 # Dense per-pixel annotations that training never reads; a cache drops them to save memory.
-UNUSED_IN_TRAINING = ("gt_sat_uv_grd", "sat_height_m")
+# (``sat_height_m`` stays: the fine-grained matcher's height loss reads it.)
+UNUSED_IN_TRAINING = ("gt_sat_uv_grd",)
 
 
 class CachedDataset(Dataset):
-    """Keeps each item in memory after its first load (without the dense annotations).
+    """Keeps each item in memory after its first load (without `gt_sat_uv_grd`).
 
     Args:
         dataset: the dataset to cache; its items must not change between epochs.
@@ -79,12 +80,19 @@ def _raw_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset]:
         train = SyntheticDataset(preset, "train", cfg.area, cfg.num_train, cfg.seed)
         val = SyntheticDataset(preset, "val", cfg.area, cfg.num_val, cfg.seed)
         return train, val
+    if cfg.dataset in REAL_DATASETS:
+        from cvloc.data.registry import build_dataset
+
+        # A corrupt image or a missing tile must not end a day-long epoch: skip, count, log.
+        options = {"seed": cfg.seed, "skip_bad_samples": True, **cfg.options}
+        train = build_dataset(cfg.dataset, cfg.root, "train", **options)
+        return train, build_dataset(cfg.dataset, cfg.root, "val", **options)
     from cvloc.data.pairs import PairsDataset
 
-    # DenseFlow's losses need poses only: skip the dense correspondence files.
-    pairs = PairsDataset(cfg.root, load_correspondences=False)  # type: ignore[arg-type]
+    # Correspondences are read for their ``sat_height_m`` (height supervision).
+    pairs = PairsDataset(cfg.root)  # type: ignore[arg-type]
     if cfg.val_root is not None:
-        return pairs, PairsDataset(cfg.val_root, load_correspondences=False)
+        return pairs, PairsDataset(cfg.val_root)
     if len(pairs) <= cfg.num_val:
         raise ValueError(
             f"data.root={cfg.root} holds {len(pairs)} pairs: too few to hold out "

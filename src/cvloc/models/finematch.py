@@ -160,28 +160,12 @@ class FineMatch(nn.Module):
         row_valid = surface.bev_valid.flatten(1)
         # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
         sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
-        # 6. Adaptive dustbin + dual softmax; windowed expected match of every BEV cell.
+        # 6. Adaptive dustbin + dual softmax.
         coupling = self.dustbin(sim, row_valid)
-        dst_uv, weight = extract_matches(
-            coupling.probs[:, :-1, :-1], grid_hw, cfg.stride, cfg.matching.window_radius
-        )
-        src_uv = satellite_grid_uv(*grid_hw, cfg.stride, dst_uv.dtype, dst_uv.device)
-        src_uv = src_uv.reshape(1, -1, 2).expand(ground.shape[0], -1, -1)
-        # 7. Weighted Procrustes on the matches, composed with the prior pose.
-        camera_xy, yaw_deg, camera_uv = pose_from_matches(
-            src_uv,
-            dst_uv,
-            weight,
-            *(batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")),
-            config=cfg.matching,
-        )
+        # 7. Windowed expected match of every BEV cell; weighted Procrustes, prior composed.
+        pred = self._localize(coupling.probs, batch, grid_hw)
         return {
-            "camera_uv_pred": camera_uv,
-            "camera_xy_pred": camera_xy,
-            "yaw_deg_pred": yaw_deg,
-            "match_src_uv": src_uv,
-            "match_dst_uv": dst_uv,
-            "match_weight": weight,
+            **pred,
             "match_height_m": surface.height_m.flatten(1),
             "surface_height_m": surface.height_m[:, None],
             "height_logits": surface.logits,
@@ -190,6 +174,29 @@ class FineMatch(nn.Module):
             "coupling": coupling.probs,
             "bev_valid": surface.bev_valid[:, None].float(),
             "column_valid": surface.column_valid[:, None].float(),
+        }
+
+    def _localize(
+        self, probs: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
+    ) -> dict[str, torch.Tensor]:
+        """Coupling (B, N + 1, M + 1) -> the pose and match keys of the prediction."""
+        cfg = self.config
+        dst_uv, weight = extract_matches(
+            probs[:, :-1, :-1], grid_hw, cfg.stride, cfg.matching.window_radius
+        )
+        src_uv = satellite_grid_uv(*grid_hw, cfg.stride, dst_uv.dtype, dst_uv.device)
+        src_uv = src_uv.reshape(1, -1, 2).expand(probs.shape[0], -1, -1)
+        geo = (batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior"))
+        camera_xy, yaw_deg, camera_uv = pose_from_matches(
+            src_uv, dst_uv, weight, *geo, config=cfg.matching
+        )
+        return {
+            "camera_uv_pred": camera_uv,
+            "camera_xy_pred": camera_xy,
+            "yaw_deg_pred": yaw_deg,
+            "match_src_uv": src_uv,
+            "match_dst_uv": dst_uv,
+            "match_weight": weight,
         }
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:

@@ -188,11 +188,10 @@ class SurfaceModel(nn.Module):
         weights = torch.softmax(logits.float(), dim=1)
         cumulative = weights.flip(1).cumsum(1).flip(1)  # mass at or above bin k
         hard = surface_steps(cumulative, cfg.threshold, None)
-        steps = (
-            hard
-            if not self.training
-            else surface_steps(cumulative, cfg.threshold, cfg.temperature)
-        )
+        if self.training:  # the relaxation, for gradients to the height distribution
+            steps = surface_steps(cumulative, cfg.threshold, cfg.temperature)
+        else:
+            steps = hard
         bev_valid = (hard * valid_f).sum(1) > 0
         kept = (steps * weights * valid_f).to(volume.dtype)  # m_k w_k
         fused = (volume * kept[:, None]).sum(2) / kept.sum(1, keepdim=True).clamp_min(1e-6)

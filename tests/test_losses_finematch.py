@@ -1,0 +1,202 @@
+"""FineMatch losses: GT partners, soft InfoNCE, height targets and CE, VCE, dispatch."""
+
+import math
+
+import pytest
+import torch
+
+from cvloc.config import TrainConfig
+from cvloc.geometry.bev import satellite_grid_uv
+from cvloc.losses import denseflow_loss, loss_for_method
+from cvloc.losses_finematch import (
+    FineMatchLossConfig,
+    finematch_loss,
+    gt_cell_uv,
+    height_loss,
+    infonce_loss,
+    matching_targets,
+    surface_height_targets,
+    vce_loss,
+)
+from cvloc.models.matching import extract_matches, pose_from_matches
+
+H = W = 6
+STRIDE = 8.0
+
+
+def poses(shift_px=(0.0, 0.0), dyaw=0.0, B=2):
+    """Batch keys of a 48 x 48 px satellite, the GT moved from the prior by a shift / turn."""
+    center = torch.full((B, 2), 23.5)
+    prior_uv = center + torch.tensor([1.0, -2.0])
+    return {
+        "satellite": torch.zeros(B, 3, H * 8, W * 8),
+        "sat_center_uv": center,
+        "m_per_px": torch.full((B,), 0.5),
+        "camera_uv_prior": prior_uv,
+        "yaw_deg_prior": torch.full((B,), 20.0),
+        "camera_uv_gt": prior_uv + torch.tensor(shift_px),
+        "yaw_deg_gt": torch.full((B,), 20.0 + dyaw),
+    }
+
+
+class TestGroundTruth:
+    def test_partners_follow_the_prior_to_gt_motion(self):
+        grid = satellite_grid_uv(H, W, STRIDE).reshape(1, -1, 2)
+        assert torch.allclose(gt_cell_uv(poses(), (H, W), STRIDE), grid.expand(2, -1, -1))
+        shifted = gt_cell_uv(poses((5.0, -3.0)), (H, W), STRIDE)
+        assert torch.allclose(shifted, grid + torch.tensor([5.0, -3.0]), atol=1e-4)
+        # A pure turn about the prior camera keeps the camera's own cell still.
+        batch = poses(dyaw=90.0)
+        turned = gt_cell_uv(batch, (H, W), STRIDE)
+        camera = batch["camera_uv_prior"][0]
+        dist_before = (grid[0] - camera).norm(dim=-1)
+        assert torch.allclose((turned[0] - camera).norm(dim=-1), dist_before, atol=1e-4)
+
+    def test_bilinear_targets(self):
+        gt_uv = torch.tensor([[[11.5, 3.5], [13.5, 7.5], [-4.0, 3.5], [20.0, 20.0]]])
+        valid = torch.tensor([[True, True, True, False]])
+        targets, partner = matching_targets(gt_uv, (H, W), STRIDE, valid)
+        assert partner.tolist() == [[True, True, False, False]]
+        assert torch.allclose(targets.sum(-1), partner.float())
+        assert targets[0, 0, 0 * W + 1] == 1.0  # exactly cell (0, 1)
+        # The targets' expectation is the exact location, in cell units.
+        cells = satellite_grid_uv(H, W, STRIDE).reshape(-1, 2)
+        assert torch.allclose(targets[0, 1] @ cells, gt_uv[0, 1])
+
+
+class TestInfoNCE:
+    def test_aligned_similarity_is_best_and_symmetric(self):
+        gt_uv = gt_cell_uv(poses((3.0, 2.0), dyaw=4.0), (H, W), STRIDE)
+        valid = torch.ones(2, H * W, dtype=torch.bool)
+        targets, _ = matching_targets(gt_uv, (H, W), STRIDE, valid)
+        aligned = 20.0 * targets
+        random = torch.randn(2, H * W, H * W)
+        assert 0 <= infonce_loss(aligned, targets, valid) < infonce_loss(random, targets, valid)
+        # Symmetric: the transposed problem has the same loss.
+        swapped = infonce_loss(random.transpose(1, 2), targets.transpose(1, 2), valid)
+        assert swapped.item() == pytest.approx(infonce_loss(random, targets, valid).item())
+
+    def test_unseen_rows_are_ignored(self):
+        gt_uv = gt_cell_uv(poses(), (H, W), STRIDE)
+        valid = torch.rand(2, H * W, generator=torch.Generator().manual_seed(0)) > 0.5
+        targets, partner = matching_targets(gt_uv, (H, W), STRIDE, valid)
+        assert torch.equal(partner, valid)
+        S = torch.randn(2, H * W, H * W)
+        S2 = torch.where(valid[..., None], S, 50.0 * torch.randn_like(S))
+        assert torch.allclose(infonce_loss(S, targets, valid), infonce_loss(S2, targets, valid))
+        none = torch.zeros_like(valid)
+        assert infonce_loss(S, matching_targets(gt_uv, (H, W), STRIDE, none)[0], none) == 0
+
+
+class TestHeight:
+    def test_targets_sample_the_height_map_at_the_gt_location(self):
+        sat_height = torch.zeros(2, 48, 48)
+        sat_height[:, 8:16, 16:24] = 7.0  # cell (1, 2) of the 6 x 6 grid
+        heights, inside = surface_height_targets(sat_height, gt_cell_uv(poses(), (H, W), 8.0))
+        assert inside.all() and heights[0, 1 * W + 2] == 7.0 and heights.sum(1)[0] == 7.0
+        moved = gt_cell_uv(poses((8.0, 0.0)), (H, W), 8.0)  # one cell east
+        heights, inside = surface_height_targets(sat_height, moved)
+        assert heights[0, 1 * W + 1] == 7.0 and not inside[0, W - 1]
+
+    def test_uniform_prediction_costs_one(self):
+        bins = torch.linspace(0, 14, 8)
+        logits = torch.zeros(2, 8, H, W)
+        target = 14 * torch.rand(2, H * W)
+        mask = torch.ones(2, H * W, dtype=torch.bool)
+        assert height_loss(logits, bins, target, mask, 0.75).item() == pytest.approx(1.0)
+        # The Gaussian target itself is the best prediction, and beats uniform.
+        k = torch.arange(8.0)
+        pos = (target / 2.0)[..., None]
+        best = (-0.5 * ((k - pos) / 0.75) ** 2).transpose(1, 2).reshape(2, 8, H, W)
+        assert height_loss(best, bins, target, mask, 0.75) < 0.7
+        assert height_loss(best, bins, target, torch.zeros_like(mask), 0.75) == 0
+
+
+class TestVCE:
+    def test_zero_at_gt_and_translation_error_in_metres(self):
+        batch = poses((4.0, 0.0), dyaw=5.0)
+        gt = {
+            "camera_xy_pred": (batch["camera_uv_gt"] - batch["sat_center_uv"])
+            * torch.tensor([0.5, -0.5]),
+            "yaw_deg_pred": batch["yaw_deg_gt"],
+        }
+        assert vce_loss(gt, batch, 10.0, 10).abs().max() < 1e-3
+        off = {**gt, "camera_xy_pred": gt["camera_xy_pred"] + torch.tensor([3.0, 4.0])}
+        assert torch.allclose(vce_loss(off, batch, 10.0, 10), torch.full((2,), 5.0), atol=1e-4)
+        turned = {**gt, "yaw_deg_pred": gt["yaw_deg_pred"] + 10.0}
+        assert (vce_loss(turned, batch, 10.0, 10) > 0.5).all()
+
+
+def fake_prediction(batch, seed=0, Z=4):
+    """A FineMatch-like prediction with gradients, on the 6 x 6 grid."""
+    g = torch.Generator().manual_seed(seed)
+    B = batch["satellite"].shape[0]
+    N = H * W
+    center, m = batch["sat_center_uv"], batch["m_per_px"]
+    xy = (batch["camera_uv_gt"] - center) * torch.tensor([1.0, -1.0]) * m[:, None]
+    return {
+        "similarity": torch.randn(B, N, N, generator=g).requires_grad_(),
+        "height_logits": torch.randn(B, Z, H, W, generator=g).requires_grad_(),
+        "height_bins_m": torch.linspace(0, 6, Z),
+        "surface_height_m": torch.zeros(B, 1, H, W),
+        "match_height_m": torch.zeros(B, N),
+        "match_dst_uv": satellite_grid_uv(H, W, STRIDE).reshape(1, -1, 2).expand(B, -1, -1),
+        "bev_valid": torch.ones(B, 1, H, W),
+        "column_valid": torch.ones(B, 1, H, W),
+        "camera_xy_pred": (xy + 1.0).requires_grad_(),
+        "yaw_deg_pred": (batch["yaw_deg_gt"] + 3.0).requires_grad_(),
+    }
+
+
+class TestTotal:
+    def test_parts_weights_and_gradients(self):
+        batch = poses((2.0, 1.0), dyaw=2.0)
+        batch["sat_height_m"] = torch.full((2, 48, 48), 2.0)
+        pred = fake_prediction(batch)
+        cfg = TrainConfig()
+        total, parts = finematch_loss(pred, batch, cfg, epoch=0)
+        expected = parts["matching"] + parts["pose"] + parts["height"]
+        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert parts["height"] > 0 and parts["height_mae_m"].item() == pytest.approx(2.0)
+        assert parts["position_m"].item() == pytest.approx(math.sqrt(2), rel=1e-5)
+        assert parts["yaw_deg"].item() == pytest.approx(3.0, rel=1e-5)
+        assert parts["epe_final_px"] > 0
+        total.backward()
+        for key in ("similarity", "height_logits", "camera_xy_pred", "yaw_deg_pred"):
+            assert torch.isfinite(pred[key].grad).all() and pred[key].grad.abs().sum() > 0
+        heavy = TrainConfig(finematch=FineMatchLossConfig(height_weight=3.0, pose_weight=0.0))
+        total_heavy, _ = finematch_loss(fake_prediction(batch), batch, heavy, epoch=0)
+        expected = parts["matching"] + 3 * parts["height"]
+        assert total_heavy.item() == pytest.approx(expected.item(), rel=1e-5)
+
+    def test_height_is_skipped_without_heights_or_bins(self):
+        batch = poses()
+        _, parts = finematch_loss(fake_prediction(batch), batch, TrainConfig(), epoch=0)
+        assert parts["height"] == 0 and parts["height_mae_m"] == 0
+        batch["sat_height_m"] = torch.full((2, 48, 48), 2.0)
+        _, parts = finematch_loss(fake_prediction(batch, Z=1), batch, TrainConfig(), epoch=0)
+        assert parts["height"] == 0
+
+    def test_dispatch_and_config(self):
+        assert loss_for_method("denseflow") is denseflow_loss
+        assert loss_for_method("finematch") is finematch_loss
+        with pytest.raises(ValueError):
+            loss_for_method("raft")
+        with pytest.raises(ValueError):
+            FineMatchLossConfig(matching_weight=0.0, pose_weight=0.0, height_weight=0.0)
+        with pytest.raises(ValueError):
+            FineMatchLossConfig(vce_points=0)
+
+
+def test_oracle_coupling_gives_the_gt_pose():
+    """The loss's positives, used as the coupling, make the pose head return the GT pose."""
+    batch = poses((6.0, -4.0), dyaw=7.0)
+    gt_uv = gt_cell_uv(batch, (H, W), STRIDE)
+    targets, partner = matching_targets(gt_uv, (H, W), STRIDE, torch.ones(2, H * W) > 0)
+    assert partner.float().mean() > 0.5
+    dst_uv, weight = extract_matches(targets, (H, W), STRIDE, radius=1)
+    src_uv = satellite_grid_uv(H, W, STRIDE).reshape(1, -1, 2).expand(2, -1, -1)
+    geo = [batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")]
+    _, yaw, uv = pose_from_matches(src_uv, dst_uv, weight, *geo)
+    assert torch.allclose(uv, batch["camera_uv_gt"], atol=1e-3)
+    assert torch.allclose(yaw, batch["yaw_deg_gt"], atol=1e-3)
