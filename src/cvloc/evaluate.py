@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -28,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cvloc.data.batch import camera_xy, collate
+from cvloc.data.batch import camera_xy, collate, one_camera_model
 from cvloc.geometry.bev import lift_to_ground_image
 from cvloc.geometry.checks import check_same_batch, check_shape
 from cvloc.geometry.geo import pixel_to_world_xy
@@ -362,7 +361,7 @@ def batch_match_precision(
     Returns:
         One :func:`cvloc.metrics.match_precision` dict per sample.
     """
-    camera_model = _one_camera_model(batch["camera_model"])
+    camera_model = one_camera_model(batch["camera_model"])
     ground = batch["ground"]
     ground_uv, valid = lift_matches_to_ground(
         pred["match_src_uv"],
@@ -380,14 +379,6 @@ def batch_match_precision(
     gt = gt_at_ground_pixels(batch["gt_sat_uv_grd"], ground_uv, valid, panorama=panorama)
     dst, weight = pred["match_dst_uv"], pred["match_weight"]
     return [match_precision(dst[b], gt[b], weight[b]) for b in range(len(gt))]
-
-
-def _one_camera_model(value: str | Sequence[str]) -> str:
-    """The camera model of a batch (``collate`` makes a list; one model per batch)."""
-    models = {value} if isinstance(value, str) else set(value)
-    if len(models) != 1:
-        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
-    return models.pop()
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

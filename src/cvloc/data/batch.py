@@ -103,6 +103,24 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
+def one_camera_model(value: str | Sequence[str]) -> str:
+    """The one camera model of a batch (``collate`` makes a list of strings).
+
+    Args:
+        value: a batch's ``camera_model``: a model name, or one per sample.
+
+    Returns:
+        ``"pinhole"`` or ``"panorama"``.
+
+    Raises:
+        ValueError: the batch mixes camera models.
+    """
+    models = {value} if isinstance(value, str) else set(value)
+    if len(models) != 1:
+        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
+    return models.pop()
+
+
 def camera_xy(batch: dict[str, Any], role: str) -> torch.Tensor:
     """Metric world position of the camera for ``role`` in {"gt", "prior"}.
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvloc.data.batch import one_camera_model
 from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
-from cvloc.geometry.checks import ShapeError, check_shape
 from cvloc.models.corr import CorrPyramid
 from cvloc.models.encoders import (
     OUTPUT_STRIDE,
@@ -25,6 +25,7 @@ from cvloc.models.encoders import (
     ResNetEncoder,
     load_pretrained,
 )
+from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, check_batch, cuda_autocast
 from cvloc.models.pose_head import pose_from_flow
 from cvloc.models.refine import RefineBlock
 from cvloc.models.update import UpdateBlock, UpdateConfig, convex_upsample, upsample_flow
@@ -103,17 +104,7 @@ class DenseFlow(nn.Module):
         config: hyper-parameters; the default is the paper's model.
     """
 
-    required_keys: ClassVar[tuple[str, ...]] = (
-        "ground",
-        "satellite",
-        "camera_model",
-        "K",
-        "camera_height_m",
-        "m_per_px",
-        "sat_center_uv",
-        "camera_uv_prior",
-        "yaw_deg_prior",
-    )
+    required_keys: ClassVar[tuple[str, ...]] = LOCALIZER_INPUT_KEYS
 
     def __init__(self, config: DenseFlowConfig | None = None) -> None:
         super().__init__()
@@ -152,7 +143,7 @@ class DenseFlow(nn.Module):
             KeyError: required keys are missing.
             ShapeError: an image has the wrong shape or size.
         """
-        ground, satellite = self._check_batch(batch)
+        ground, satellite = check_batch(batch, self.required_keys, "DenseFlow")
         cfg = self.config
         grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
         with self._autocast(satellite.device):
@@ -193,9 +184,7 @@ class DenseFlow(nn.Module):
         }
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
-        if not (self.config.mixed_precision and device.type == "cuda"):
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=getattr(torch, self.config.amp_dtype))
+        return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)
 
     def _to_bev(
         self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
@@ -204,7 +193,7 @@ class DenseFlow(nn.Module):
         if not self.config.use_ground_projection:
             bev = F.interpolate(features, size=grid_hw, mode="bilinear", align_corners=False)
             return bev, torch.ones_like(bev[:, 0], dtype=torch.bool)
-        camera_model = _camera_model(batch["camera_model"])
+        camera_model = one_camera_model(batch["camera_model"])
         ground = batch["ground"]
         return bev_from_prior(
             features,
@@ -247,26 +236,3 @@ class DenseFlow(nn.Module):
             else:
                 confidences.append(convex_upsample(step.confidence, step.mask, s))
         return flows, confidences
-
-    def _check_batch(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-        missing = [k for k in self.required_keys if k not in batch]
-        if missing:
-            raise KeyError(f"DenseFlow: batch misses keys {missing} (needs {self.required_keys})")
-        ground, satellite = batch["ground"], batch["satellite"]
-        check_shape(ground, ["B", 3, "Hg", "Wg"], "ground")
-        check_shape(satellite, [ground.shape[0], 3, "Hs", "Ws"], "satellite")
-        for name, image in (("ground", ground), ("satellite", satellite)):
-            if image.shape[-2] % OUTPUT_STRIDE or image.shape[-1] % OUTPUT_STRIDE:
-                raise ShapeError(
-                    f"{name}: height and width must be divisible by {OUTPUT_STRIDE}, "
-                    f"got {tuple(image.shape[-2:])}"
-                )
-        return ground, satellite
-
-
-def _camera_model(value: str | list[str]) -> str:
-    """The one camera model of a batch (``collate`` makes a list of strings)."""
-    models = {value} if isinstance(value, str) else set(value)
-    if len(models) != 1:
-        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
-    return models.pop()

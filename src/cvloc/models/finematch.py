@@ -19,9 +19,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from cvloc.data.batch import one_camera_model
 from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
-from cvloc.geometry.checks import ShapeError, check_shape
 from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
+from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, check_batch, cuda_autocast
 from cvloc.models.matching import (
     AdaptiveDustbin,
     DescriptorHead,
@@ -98,17 +99,7 @@ class FineMatch(nn.Module):
         config: hyper-parameters.
     """
 
-    required_keys: ClassVar[tuple[str, ...]] = (
-        "ground",
-        "satellite",
-        "camera_model",
-        "K",
-        "camera_height_m",
-        "m_per_px",
-        "sat_center_uv",
-        "camera_uv_prior",
-        "yaw_deg_prior",
-    )
+    required_keys: ClassVar[tuple[str, ...]] = LOCALIZER_INPUT_KEYS
 
     def __init__(self, config: FineMatchConfig | None = None) -> None:
         super().__init__()
@@ -143,7 +134,7 @@ class FineMatch(nn.Module):
             KeyError: required keys are missing.
             ShapeError: an image has the wrong shape or size.
         """
-        ground, satellite = check_batch(batch, self.required_keys)
+        ground, satellite = check_batch(batch, self.required_keys, "FineMatch")
         cfg = self.config
         grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
         with self._autocast(satellite.device):
@@ -200,9 +191,7 @@ class FineMatch(nn.Module):
         }
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
-        if not (self.config.mixed_precision and device.type == "cuda"):
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=getattr(torch, self.config.amp_dtype))
+        return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)
 
     def _lift(
         self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
@@ -224,52 +213,3 @@ class FineMatch(nn.Module):
             float(self.config.stride),
             heights_m=self.surface.bins_m,
         )
-
-
-def check_batch(
-    batch: dict[str, Any], required_keys: tuple[str, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ground and satellite images of a batch, checked.
-
-    Args:
-        batch: the batch dict.
-        required_keys: keys that must be present.
-
-    Returns:
-        ground (B, 3, Hg, Wg) and satellite (B, 3, Hs, Ws).
-
-    Raises:
-        KeyError: required keys are missing.
-        ShapeError: an image has the wrong shape or a size not divisible by 8.
-    """
-    missing = [k for k in required_keys if k not in batch]
-    if missing:
-        raise KeyError(f"batch misses keys {missing} (needs {required_keys})")
-    ground, satellite = batch["ground"], batch["satellite"]
-    check_shape(ground, ["B", 3, "Hg", "Wg"], "ground")
-    check_shape(satellite, [ground.shape[0], 3, "Hs", "Ws"], "satellite")
-    for name, image in (("ground", ground), ("satellite", satellite)):
-        if image.shape[-2] % OUTPUT_STRIDE or image.shape[-1] % OUTPUT_STRIDE:
-            raise ShapeError(
-                f"{name}: height and width must be divisible by {OUTPUT_STRIDE}, "
-                f"got {tuple(image.shape[-2:])}"
-            )
-    return ground, satellite
-
-
-def one_camera_model(value: str | list[str]) -> str:
-    """The one camera model of a batch (``collate`` makes a list of strings).
-
-    Args:
-        value: a model name or one per sample.
-
-    Returns:
-        ``"pinhole"`` or ``"panorama"``.
-
-    Raises:
-        ValueError: the batch mixes camera models.
-    """
-    models = {value} if isinstance(value, str) else set(value)
-    if len(models) != 1:
-        raise ValueError(f"camera_model: one model per batch, got {sorted(models)}")
-    return models.pop()

@@ -1,0 +1,78 @@
+"""What every localizer reads from a batch, checked once for all methods.
+
+DenseFlow and the fine-grained matcher consume the same keys of the batch schema
+(:mod:`cvloc.data.batch`): images, camera, satellite geo-reference and the prior pose;
+never a ground-truth key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from cvloc.geometry.checks import ShapeError, check_shape
+from cvloc.models.encoders import OUTPUT_STRIDE
+
+LOCALIZER_INPUT_KEYS: tuple[str, ...] = (
+    "ground",
+    "satellite",
+    "camera_model",
+    "K",
+    "camera_height_m",
+    "m_per_px",
+    "sat_center_uv",
+    "camera_uv_prior",
+    "yaw_deg_prior",
+)
+
+
+def check_batch(
+    batch: dict[str, Any], required_keys: tuple[str, ...], model: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ground and satellite images of a batch, checked.
+
+    Args:
+        batch: the batch dict.
+        required_keys: keys that must be present.
+        model: the model's name, for the error message.
+
+    Returns:
+        ground (B, 3, Hg, Wg) and satellite (B, 3, Hs, Ws).
+
+    Raises:
+        KeyError: required keys are missing.
+        ShapeError: an image has the wrong shape or a size not divisible by the stride.
+    """
+    missing = [k for k in required_keys if k not in batch]
+    if missing:
+        raise KeyError(f"{model}: batch misses keys {missing} (needs {required_keys})")
+    ground, satellite = batch["ground"], batch["satellite"]
+    check_shape(ground, ["B", 3, "Hg", "Wg"], "ground")
+    check_shape(satellite, [ground.shape[0], 3, "Hs", "Ws"], "satellite")
+    for name, image in (("ground", ground), ("satellite", satellite)):
+        if image.shape[-2] % OUTPUT_STRIDE or image.shape[-1] % OUTPUT_STRIDE:
+            raise ShapeError(
+                f"{name}: height and width must be divisible by {OUTPUT_STRIDE}, "
+                f"got {tuple(image.shape[-2:])}"
+            )
+    return ground, satellite
+
+
+def cuda_autocast(
+    enabled: bool, dtype_name: str, device: torch.device
+) -> contextlib.AbstractContextManager[None]:
+    """Autocast for the networks on CUDA when mixed precision is on; a no-op elsewhere.
+
+    Args:
+        enabled: the model config's ``mixed_precision``.
+        dtype_name: ``"bfloat16"`` or ``"float16"``.
+        device: the device the batch is on.
+
+    Returns:
+        The context manager.
+    """
+    if not (enabled and device.type == "cuda"):
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=getattr(torch, dtype_name))
