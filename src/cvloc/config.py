@@ -148,6 +148,9 @@ class TrainConfig:
         use_matching_loss: keep eq. 4's term (False: ablation).
         use_position_loss: keep eq. 6's term.
         use_confidence_loss: keep eq. 5's term.
+        corr_loss_weight: weight of an auxiliary InfoNCE on DenseFlow's level-0 correlation
+            at the ground-truth matches (not in the paper, 0 = off): a direct gradient for
+            the cross-view features while the flow is still uninformed.
         amp: autocast + gradient scaling on CUDA (ignored on CPU).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         num_threads: CPU threads for torch (None keeps torch's default).
@@ -180,6 +183,7 @@ class TrainConfig:
     use_matching_loss: bool = True
     use_position_loss: bool = True
     use_confidence_loss: bool = True
+    corr_loss_weight: float = 0.0
     amp: bool = False
     device: str = "auto"
     num_threads: int | None = None

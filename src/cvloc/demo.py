@@ -7,11 +7,11 @@ Stages, each timed, with progress bars:
 2. **prior** and **classical** baselines; the classical search (about 2 s a pair) runs in
    ``--workers`` single-thread processes, ``seconds_per_pair`` being one process's time.
 3. **DenseFlow**: the shipped ``denseflow-synth-kitti-small`` weights (or ``--checkpoint``)
-   through :func:`cvloc.evaluate.evaluate`; without weights the demo says so in one line
-   and goes on with the baselines.
+   through :func:`cvloc.evaluate.evaluate`, one torch thread; without weights the demo says
+   so in one line and goes on with the baselines.
 4. **figures** of the first ``--figures`` pairs: DenseFlow's Fig. 4 (ground image, BEV
-   matching inliers, poses) and Fig. 5 (matches by confidence, confidence map), from
-   DenseFlow's prediction, or the classical one without weights.
+   inliers, poses) and Fig. 5 (matches by confidence, confidence map), from DenseFlow's
+   prediction, or the classical one without weights.
 
 Prints DenseFlow's Table 1 layout and writes ``OUT/metrics.json``: ``methods`` (method ->
 metrics JSON of ``design.md``), ``data``, ``stage_seconds`` (the stages before figures).
@@ -97,6 +97,9 @@ def _run(args: argparse.Namespace) -> int:
     for name, low in (("num", 1), ("workers", 1), ("figures", 0)):
         if getattr(args, name) < low:
             raise DemoError(f"--{name} must be >= {low}, got {getattr(args, name)}")
+    # One thread: on cores shared with other jobs, waiting OpenMP threads stall (DenseFlow
+    # took 15x longer with 2 threads beside a training run); the pools use both cores.
+    torch.set_num_threads(1)
     seconds: dict[str, float] = {}
     start, figures = time.perf_counter(), min(args.figures, args.num)
     with _stage(seconds, "pairs"):
@@ -203,12 +206,10 @@ def _load_denseflow(name: str) -> tuple[torch.nn.Module | None, Path | None]:
     """The DenseFlow model and its file, or (None, None) after a one-line explanation."""
     try:
         path = resolve_checkpoint(name)
-        model, cfg = load_model(path)
+        model, _ = load_model(path)
     except (FileNotFoundError, CheckpointError) as exc:  # missing, corrupt or mismatching
         print(f"DenseFlow weights not available ({exc}); evaluating the baselines only")
         return None, None
-    if cfg.data.preset != PRESET:
-        print(f"note: {path} was trained on {cfg.data.preset}, the demo's pairs are {PRESET}")
     return model, path
 
 
@@ -290,11 +291,8 @@ def _figures(
     paths = []
     for index in tqdm(range(num), desc="figures", unit="pair"):
         item = dataset[index]
-        if denseflow is None:
-            pred = classical_preds[index]
-        else:
-            with torch.inference_mode():
-                pred = denseflow(collate([item]))
+        with torch.inference_mode():
+            pred = classical_preds[index] if denseflow is None else denseflow(collate([item]))
         paths.append(plot_localization(item, pred, out / f"localization_{index:06d}.png", method))
         paths.append(plot_confidence(item, pred, out / f"confidence_{index:06d}.png", method))
     return paths

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from cvloc.config import TrainConfig
 from cvloc.geometry.pose import wrap_deg
@@ -141,6 +142,47 @@ def position_loss(
     return yaw + uv, yaw, uv
 
 
+def correlation_loss(
+    correlation: torch.Tensor, feature_valid: torch.Tensor, gt_flow: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """InfoNCE of each visible BEV cell's correlation row at its ground-truth satellite cell.
+
+    Not part of the paper's eq. 7: an optional auxiliary term (``corr_loss_weight``) that
+    gives the encoders a direct cross-view signal, since the flow losses reach them only
+    through the correlation lookups.
+
+    Convention: feature cell (i, j) covers satellite pixels [8j, 8j + 8) x [8i, 8i + 8) (for
+    stride 8), so the mean of a rigid flow over the block is its value at the cell centre;
+    the target is the nearest satellite cell to centre + flow / stride.
+
+    Args:
+        correlation: (B, H W, H2 W2) level-0 correlation of BEV and satellite cells.
+        feature_valid: (B, H, W) BEV cells seen by the camera.
+        gt_flow: (B, 2, Hs, Ws) ground-truth flow in satellite pixels.
+        stride: satellite pixels per feature cell.
+
+    Returns:
+        Scalar mean cross-entropy over visible cells whose target lies on the grid (0 when
+        there is none).
+    """
+    H, W = feature_valid.shape[-2:]
+    cell_flow = F.avg_pool2d(gt_flow, stride) / stride  # B,2,H2,W2 in cells
+    H2, W2 = cell_flow.shape[-2:]
+    jj, ii = torch.meshgrid(
+        torch.arange(W, device=gt_flow.device),
+        torch.arange(H, device=gt_flow.device),
+        indexing="xy",
+    )
+    tx = torch.round(jj + cell_flow[:, 0]).long()
+    ty = torch.round(ii + cell_flow[:, 1]).long()
+    ok = feature_valid & (tx >= 0) & (tx < W2) & (ty >= 0) & (ty < H2)
+    if not ok.any():
+        return correlation.new_zeros(())
+    target = (ty.clamp(0, H2 - 1) * W2 + tx.clamp(0, W2 - 1)).flatten(1)  # B,HW
+    ce = F.cross_entropy(correlation.float().transpose(1, 2), target, reduction="none")
+    return ce[ok.flatten(1)].mean()
+
+
 def denseflow_loss(
     pred: dict[str, Any], batch: dict[str, Any], cfg: TrainConfig, epoch: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -178,6 +220,11 @@ def denseflow_loss(
         confidence = confidence + weight * confidence_loss(conf.float(), error, valid, kappa)
     position, yaw_part, uv_part = position_loss(pred, batch)
     total = flows[-1].new_zeros(())
+    corr_term = total
+    if cfg.corr_loss_weight > 0:
+        stride = flows[-1].shape[-1] // pred["feature_valid"].shape[-1]
+        corr_term = correlation_loss(pred["correlation"], pred["feature_valid"], gt_flow, stride)
+        total = total + cfg.corr_loss_weight * corr_term
     if cfg.use_matching_loss:
         total = total + matching
     if cfg.use_confidence_loss:
@@ -196,6 +243,7 @@ def denseflow_loss(
         "position_yaw_deg": yaw_part.detach(),
         "position_uv_px": uv_part.detach(),
         "epe_final_px": epe,
+        "correlation": corr_term.detach(),
         "beta": torch.tensor(beta),
         "kappa": torch.tensor(kappa),
     }

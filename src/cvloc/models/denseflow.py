@@ -181,6 +181,12 @@ class DenseFlow(nn.Module):
             "match_src_uv": pose.src_uv,
             "match_dst_uv": pose.dst_uv,
             "match_weight": pose.weight,
+            # Level-0 correlation (B, HW, H2W2) and cell visibility (B, H, W), for the
+            # optional correlation loss.
+            "correlation": corr.pyramid[0].reshape(
+                valid.shape[0], -1, corr.pyramid[0].shape[-2] * corr.pyramid[0].shape[-1]
+            ),
+            "feature_valid": valid,
         }
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
