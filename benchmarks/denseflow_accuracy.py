@@ -21,7 +21,6 @@ it (``.md``). The helpers :func:`machine`, :func:`write_json`, :func:`synthetic_
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -34,7 +33,7 @@ from cvloc.checkpoint import CheckpointError, load_model
 from cvloc.data.pairs import PairsDataset
 from cvloc.demo import WEIGHTS, evaluate_classical, write_synthetic_pairs
 from cvloc.evaluate import evaluate
-from cvloc.metrics import format_metrics_table
+from cvloc.metrics import format_metrics_table, metrics_to_json
 from cvloc.models.baselines import PriorBaseline
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,9 +66,8 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
         path: the file (parent directories are created).
         data: the results.
     """
-    plain = json.loads(json.dumps(data), parse_constant=lambda _: None)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(plain, indent=1) + "\n")
+    path.write_text(metrics_to_json(data))
     print(f"wrote {path}")
 
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import platform
 from pathlib import Path
@@ -30,7 +28,7 @@ import torch
 
 from cvloc.data.synthetic.dataset import SyntheticDataset
 from cvloc.evaluate import evaluate
-from cvloc.metrics import format_metrics_table
+from cvloc.metrics import format_metrics_table, metrics_to_json
 from cvloc.models.baselines import ClassicalBaseline, ClassicalConfig, PriorBaseline
 
 PRESET = "kitti-small"
@@ -70,7 +68,7 @@ def main() -> None:
             print(f"{name}: {metrics['seconds_per_pair']:.3f} s per pair")
         print()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(_finite(results), indent=1) + "\n")
+    args.out.write_text(metrics_to_json(results))
     print(f"wrote {args.out}")
 
 
@@ -82,15 +80,6 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
-
-
-def _finite(value: object) -> object:
-    """NaN / inf (undefined metrics) -> null, so the file is strict JSON."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 if __name__ == "__main__":

@@ -278,3 +278,13 @@ class TestFormatMetricsTable:
         assert match_lines[0] == "| Method | P@5px (%) | P@10px (%) | Top-k with GT (%) |"
         assert match_lines[2] == "| A | 25.00 | 50.00 | - |"
         assert match_lines[3] == "| B | - | - | 90.00 |"
+
+
+def test_metrics_to_json_is_strict():
+    import json
+
+    from cvloc.metrics import metrics_to_json
+
+    text = metrics_to_json({"a": float("nan"), "b": [1.5, float("inf")], "c": {"d": 2}})
+    assert json.loads(text) == {"a": None, "b": [1.5, None], "c": {"d": 2}}
+    assert "NaN" not in text and text.endswith("\n")

@@ -40,7 +40,12 @@ from cvloc.data.batch import camera_xy, collate
 from cvloc.data.pairs import PairsDataset, PairsFormatError, write_dataset_json, write_pair
 from cvloc.data.synthetic import generate_pair
 from cvloc.evaluate import batch_match_precision, evaluate
-from cvloc.metrics import aggregate_match_precision, format_metrics_table, localization_metrics
+from cvloc.metrics import (
+    aggregate_match_precision,
+    format_metrics_table,
+    localization_metrics,
+    metrics_to_json,
+)
 from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
 PRESET, SPLIT, AREA = "kitti-small", "test", "same"
@@ -120,9 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     print(format_metrics_table(results, title=data))
     path = args.out / "metrics.json"
     report = {"data": data, "methods": results, "stage_seconds": seconds}
-    # Undefined metrics (NaN) become null: the file stays strict JSON.
-    plain = json.loads(json.dumps(report), parse_constant=lambda _: None)
-    path.write_text(json.dumps(plain, indent=1) + "\n")
+    path.write_text(metrics_to_json(report))
     print(f"wrote {path}")
     with _stage(seconds, "figures"):
         drawn = _figures(dataset, figures, denseflow, preds, args.out)

@@ -16,8 +16,6 @@ line and exit with status 2. Heavy modules are imported only when the command ru
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -90,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from cvloc.evaluate import evaluate
-    from cvloc.metrics import format_metrics_table
+    from cvloc.metrics import format_metrics_table, metrics_to_json
 
     for name in ("batch_size", "num", "limit"):
         value = getattr(args, name)
@@ -120,7 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_plain_json(result), indent=1) + "\n")
+        path.write_text(metrics_to_json(result))
         print(f"wrote {path}")
     return 0
 
@@ -176,12 +174,3 @@ def _dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[Any, s
     except (FileNotFoundError, KeyError, ValueError, TypeError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         raise UsageError(f"{'--data' if args.data else '--dataset ' + name}: {message}") from exc
-
-
-def _plain_json(value: Any) -> Any:
-    """Non-finite floats (undefined metrics) become null: the file stays strict JSON."""
-    if isinstance(value, dict):
-        return {k: _plain_json(v) for k, v in value.items()}
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value

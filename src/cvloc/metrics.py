@@ -15,6 +15,7 @@ All results are plain Python numbers so that they serialise to the metrics JSON 
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping, Sequence
 
@@ -310,3 +311,28 @@ def _as_float64(x: ArrayLike, shape: Sequence[str | int], name: str) -> torch.Te
     if bad:
         raise ValueError(f"{name}: {bad} non-finite value(s) (NaN or inf)")
     return t
+
+
+def metrics_to_json(results: object) -> str:
+    """Serialise results (nested dicts and lists) as strict JSON, indented.
+
+    Undefined metrics (NaN, for instance match precision without pixel ground truth) and
+    infinities become ``null``, so every JSON reader accepts the file.
+
+    Args:
+        results: JSON-ready values (dicts, lists, strings, numbers, None).
+
+    Returns:
+        The JSON text, with a final newline.
+    """
+    return json.dumps(_finite_or_none(results), indent=1) + "\n"
+
+
+def _finite_or_none(value: object) -> object:
+    if isinstance(value, Mapping):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
