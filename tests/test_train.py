@@ -169,7 +169,7 @@ def nan_on_steps(monkeypatch, steps):
                 total = total * float("nan")
         return total, parts
 
-    monkeypatch.setattr(loop, "loss_for_method", lambda method: patched)
+    monkeypatch.setattr(loop, "loss_for_method", lambda method, objective: patched)
 
 
 def test_nonfinite_step_is_skipped(pairs, tmp_path, monkeypatch):
@@ -263,3 +263,56 @@ def test_panel_renders():
     assert image.dtype == np.uint8
     assert image.ndim == 3
     assert image.shape[2] == 3
+
+
+def test_feature_pretraining_then_init_from(pairs, tmp_path):
+    # Stage 1 (train.objective=features) trains the encoders and the RefineBlock only, on
+    # the auxiliary losses, and validates with the alignment pose; stage 2 starts from its
+    # weights with train.init_from.
+    features = [
+        "train.objective=features",
+        "train.corr_loss_weight=1.0",
+        "train.align_loss_weight=1.0",
+        "train.align_radius=3",
+        "train.epochs=1",
+    ]
+    cfg = tiny_config(pairs, tmp_path)
+    torch.manual_seed(cfg.train.seed)  # the trainer's initialisation
+    initial = loop.build_model(cfg.model).state_dict()
+    parts_seen = []
+    result = train(
+        tiny_config(pairs, tmp_path / "features", *features),
+        lambda step, parts: parts_seen.append(parts),
+    )
+    trained = result.model.state_dict()
+    for name, value in trained.items():
+        frozen = name.split(".")[0] in loop.FROZEN_IN_FEATURE_TRAINING
+        if frozen or "running" in name or "num_batches" in name:
+            if frozen:
+                assert torch.equal(value, initial[name]), name
+            continue
+        # Every trainable tensor of the encoders and the RefineBlock moved.
+        assert not torch.equal(value, initial[name]), name
+    assert all(p["alignment"] > 0 and p["correlation"] > 0 for p in parts_seen)
+    assert math.isfinite(result.state.metrics["location_median_m"])
+
+    stage2 = tiny_config(
+        pairs, tmp_path / "stage2", f"train.init_from={tmp_path / 'features' / 'last.pt'}"
+    )
+    trainer = Trainer(stage2, CPU)
+    for name, value in trainer.unwrapped.state_dict().items():
+        assert torch.equal(value, trained[name]), name
+    # Weights of another architecture are refused, naming the file.
+    other = tiny_config(
+        pairs,
+        tmp_path / "other",
+        f"train.init_from={tmp_path / 'features' / 'last.pt'}",
+        "model.denseflow.out_dim=8",
+    )
+    with pytest.raises(CheckpointError, match=r"last\.pt \(train\.init_from\).*shape mismatch"):
+        Trainer(other, CPU)
+
+
+def test_feature_objective_needs_a_weight(pairs, tmp_path):
+    with pytest.raises(ValueError, match="objective=features needs"):
+        tiny_config(pairs, tmp_path, "train.objective=features")

@@ -147,12 +147,7 @@ def load_model(
         CheckpointError: the file is corrupt, its config is invalid, or its tensors do
             not fit the model its config describes (the message lists the keys).
     """
-    path = resolve_checkpoint(name_or_path)
-    if path.suffix == ".safetensors":
-        state, config_dict = _read_weights(path)
-    else:
-        ckpt = load_checkpoint(path)
-        state, config_dict = ckpt["model"], ckpt["config"]
+    path, state, config_dict = read_model_state(name_or_path)
     try:
         cfg = config_from_dict(config_dict, source=f"{path} (stored config)")
     except ConfigError as exc:
@@ -160,6 +155,49 @@ def load_model(
     model = build_model(cfg.model)
     load_state_dict_strict(model, state, str(path))
     return model.to(device).eval(), cfg
+
+
+def read_model_state(
+    name_or_path: str | os.PathLike,
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The model tensors and stored config of a checkpoint or weights file (no code runs).
+
+    Args:
+        name_or_path: a ``.pt`` training checkpoint, a ``.safetensors`` weights file or
+            a shipped weights name (see :func:`resolve_checkpoint`).
+
+    Returns:
+        (resolved path, state dict, config as a plain dict).
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        CheckpointError: the file is corrupt.
+    """
+    path = resolve_checkpoint(name_or_path)
+    if path.suffix == ".safetensors":
+        state, config_dict = _read_weights(path)
+    else:
+        ckpt = load_checkpoint(path)
+        state, config_dict = ckpt["model"], ckpt["config"]
+    return path, state, config_dict
+
+
+def init_weights(model: nn.Module, name_or_path: str | os.PathLike) -> None:
+    """Fill a freshly built model with the weights of a checkpoint (``train.init_from``).
+
+    The file's architecture must be the model's: every tensor name and shape must match.
+
+    Args:
+        model: the model to fill.
+        name_or_path: checkpoint, weights file or shipped weights name.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        CheckpointError: corrupt file, or weights of another architecture (the message
+            lists the mismatching keys).
+    """
+    path, state, _ = read_model_state(name_or_path)
+    load_state_dict_strict(model, state, f"{path} (train.init_from)")
 
 
 def load_state_dict_strict(

@@ -37,6 +37,7 @@ REAL_DATASETS = ("kitti", "ford", "vigor", "oxford")
 METHODS = ("denseflow", "finematch")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "onecycle", "cosine")
+OBJECTIVES = ("localizer", "features")
 DEVICES = ("auto", "cpu", "cuda")
 SYNTHETIC_AREAS = ("same", "cross")
 # The shipped presets: package data, so that they work from an installed package too.
@@ -148,9 +149,19 @@ class TrainConfig:
         use_matching_loss: keep eq. 4's term (False: ablation).
         use_position_loss: keep eq. 6's term.
         use_confidence_loss: keep eq. 5's term.
-        corr_loss_weight: weight of an auxiliary InfoNCE on DenseFlow's level-0 correlation
-            at the ground-truth matches (not in the paper, 0 = off): a direct gradient for
-            the cross-view features while the flow is still uninformed.
+        corr_loss_weight: weight of an auxiliary per-cell InfoNCE on DenseFlow's level-0
+            correlation at the ground-truth matches (not in the paper, 0 = off; see
+            :mod:`cvloc.losses_aux`).
+        align_loss_weight: weight of the auxiliary alignment InfoNCE (the ground-truth
+            alignment of the whole BEV against its rigid shifts; not in the paper, 0 = off).
+        align_radius: the largest shift, in feature cells, of the alignment loss's
+            negatives.
+        objective: ``"localizer"`` trains the method with its loss; ``"features"``
+            pre-trains DenseFlow's ground and satellite encoders and RefineBlock alone on
+            the two auxiliary losses (the GRU, heads and context encoder are frozen), in
+            place of the paper's ImageNet initialisation.
+        init_from: start from the model weights of this checkpoint or weights file (name
+            or path; not its optimizer state or step: that is ``resume``).
         amp: autocast + gradient scaling on CUDA (ignored on CPU).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         num_threads: CPU threads for torch (None keeps torch's default).
@@ -184,6 +195,10 @@ class TrainConfig:
     use_position_loss: bool = True
     use_confidence_loss: bool = True
     corr_loss_weight: float = 0.0
+    align_loss_weight: float = 0.0
+    align_radius: int = 8
+    objective: str = "localizer"
+    init_from: str | None = None
     amp: bool = False
     device: str = "auto"
     num_threads: int | None = None
@@ -206,6 +221,15 @@ class TrainConfig:
             raise ValueError(f"train.iter_gamma must be in (0, 1], got {self.iter_gamma}")
         if not (self.use_matching_loss or self.use_position_loss or self.use_confidence_loss):
             raise ValueError("train.use_*_loss: at least one loss term must stay enabled")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"train.objective: one of {OBJECTIVES}, got {self.objective!r}")
+        if min(self.corr_loss_weight, self.align_loss_weight, self.align_radius) < 0:
+            raise ValueError("train.corr_loss_weight, align_loss_weight, align_radius: >= 0")
+        if self.objective == "features" and not (self.corr_loss_weight or self.align_loss_weight):
+            raise ValueError(
+                "train.objective=features needs train.corr_loss_weight or "
+                "train.align_loss_weight > 0"
+            )
 
 
 @dataclass

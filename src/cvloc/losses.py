@@ -21,12 +21,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cvloc.config import TrainConfig
 from cvloc.geometry.pose import wrap_deg
+from cvloc.losses_aux import auxiliary_losses, features_loss, ground_truth_flow
 from cvloc.losses_finematch import finematch_loss
-from cvloc.models.pose_head import flow_from_pose
 
 LossFn = Callable[
     [dict[str, Any], dict[str, Any], TrainConfig, int],
@@ -49,28 +48,6 @@ def loss_schedule(cfg: TrainConfig, epoch: int) -> tuple[float, float]:
     if epoch < cfg.switch_epoch:
         return cfg.beta_initial, cfg.kappa_initial
     return cfg.beta_final, cfg.kappa_final
-
-
-def ground_truth_flow(batch: dict[str, Any], sat_hw: tuple[int, int]) -> torch.Tensor:
-    """The flow implied by the ground-truth pose for every BEV pixel (placed at the prior).
-
-    Args:
-        batch: batch with ``sat_center_uv`` (B, 2), ``m_per_px`` (B,), ``camera_uv_prior``
-            (B, 2), ``yaw_deg_prior`` (B,), ``camera_uv_gt`` (B, 2), ``yaw_deg_gt`` (B,).
-        sat_hw: (Hs, Ws) of the satellite image.
-
-    Returns:
-        (B, 2, Hs, Ws) flow in satellite pixels.
-    """
-    return flow_from_pose(
-        sat_hw,
-        batch["sat_center_uv"],
-        batch["m_per_px"],
-        batch["camera_uv_prior"],
-        batch["yaw_deg_prior"],
-        batch["camera_uv_gt"],
-        batch["yaw_deg_gt"],
-    )
 
 
 def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -142,47 +119,6 @@ def position_loss(
     return yaw + uv, yaw, uv
 
 
-def correlation_loss(
-    correlation: torch.Tensor, feature_valid: torch.Tensor, gt_flow: torch.Tensor, stride: int
-) -> torch.Tensor:
-    """InfoNCE of each visible BEV cell's correlation row at its ground-truth satellite cell.
-
-    Not part of the paper's eq. 7: an optional auxiliary term (``corr_loss_weight``) that
-    gives the encoders a direct cross-view signal, since the flow losses reach them only
-    through the correlation lookups.
-
-    Convention: feature cell (i, j) covers satellite pixels [8j, 8j + 8) x [8i, 8i + 8) (for
-    stride 8), so the mean of a rigid flow over the block is its value at the cell centre;
-    the target is the nearest satellite cell to centre + flow / stride.
-
-    Args:
-        correlation: (B, H W, H2 W2) level-0 correlation of BEV and satellite cells.
-        feature_valid: (B, H, W) BEV cells seen by the camera.
-        gt_flow: (B, 2, Hs, Ws) ground-truth flow in satellite pixels.
-        stride: satellite pixels per feature cell.
-
-    Returns:
-        Scalar mean cross-entropy over visible cells whose target lies on the grid (0 when
-        there is none).
-    """
-    H, W = feature_valid.shape[-2:]
-    cell_flow = F.avg_pool2d(gt_flow, stride) / stride  # B,2,H2,W2 in cells
-    H2, W2 = cell_flow.shape[-2:]
-    jj, ii = torch.meshgrid(
-        torch.arange(W, device=gt_flow.device),
-        torch.arange(H, device=gt_flow.device),
-        indexing="xy",
-    )
-    tx = torch.round(jj + cell_flow[:, 0]).long()
-    ty = torch.round(ii + cell_flow[:, 1]).long()
-    ok = feature_valid & (tx >= 0) & (tx < W2) & (ty >= 0) & (ty < H2)
-    if not ok.any():
-        return correlation.new_zeros(())
-    target = (ty.clamp(0, H2 - 1) * W2 + tx.clamp(0, W2 - 1)).flatten(1)  # B,HW
-    ce = F.cross_entropy(correlation.float().transpose(1, 2), target, reduction="none")
-    return ce[ok.flatten(1)].mean()
-
-
 def denseflow_loss(
     pred: dict[str, Any], batch: dict[str, Any], cfg: TrainConfig, epoch: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -221,10 +157,10 @@ def denseflow_loss(
     position, yaw_part, uv_part = position_loss(pred, batch)
     total = flows[-1].new_zeros(())
     corr_term = total
-    if cfg.corr_loss_weight > 0:
-        stride = flows[-1].shape[-1] // pred["feature_valid"].shape[-1]
-        corr_term = correlation_loss(pred["correlation"], pred["feature_valid"], gt_flow, stride)
-        total = total + cfg.corr_loss_weight * corr_term
+    align_term = total
+    if cfg.corr_loss_weight > 0 or cfg.align_loss_weight > 0:
+        corr_term, align_term = auxiliary_losses(pred, gt_flow, cfg)
+        total = total + cfg.corr_loss_weight * corr_term + cfg.align_loss_weight * align_term
     if cfg.use_matching_loss:
         total = total + matching
     if cfg.use_confidence_loss:
@@ -244,25 +180,32 @@ def denseflow_loss(
         "position_uv_px": uv_part.detach(),
         "epe_final_px": epe,
         "correlation": corr_term.detach(),
+        "alignment": align_term.detach(),
         "beta": torch.tensor(beta),
         "kappa": torch.tensor(kappa),
     }
     return total, parts
 
 
-def loss_for_method(method: str) -> LossFn:
-    """The training loss of a model method.
+def loss_for_method(method: str, objective: str = "localizer") -> LossFn:
+    """The training loss of a model method and training objective.
 
     Args:
         method: ``model.method`` (``"denseflow"`` or ``"finematch"``).
+        objective: ``train.objective``: ``"localizer"`` (the method's own loss) or
+            ``"features"`` (:func:`cvloc.losses_aux.features_loss`, DenseFlow only).
 
     Returns:
         ``(pred, batch, train_cfg, epoch) -> (total, parts)``; ``parts`` always holds the
         detached ``loss`` and ``epe_final_px`` (the final matches' end-point error).
 
     Raises:
-        ValueError: no loss for that method.
+        ValueError: no loss for that method and objective.
     """
+    if objective == "features":
+        if method != "denseflow":
+            raise ValueError(f"train.objective=features trains DenseFlow's encoders, not {method}")
+        return features_loss
     losses: dict[str, LossFn] = {"denseflow": denseflow_loss, "finematch": finematch_loss}
     if method not in losses:
         raise ValueError(f"no training loss for model.method {method!r}; one of {sorted(losses)}")

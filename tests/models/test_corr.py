@@ -101,3 +101,43 @@ class TestCorrPyramid:
             CorrPyramid(bev, sat, levels=5, radius=1)
         with pytest.raises(ShapeError, match="coords"):
             CorrPyramid(bev, sat, 2, 1).lookup(torch.zeros(2, 2, 4, 3))
+
+
+def test_shifted_match_scores_against_a_loop():
+    from cvloc.models.corr import shifted_match_scores
+
+    g = torch.Generator().manual_seed(3)
+    B, H, W, r = 2, 4, 5, 2
+    corr = torch.randn(B, H * W, H * W, generator=g)
+    targets = torch.stack(
+        [torch.randint(0, W, (B, H, W), generator=g), torch.randint(0, H, (B, H, W), generator=g)],
+        dim=1,
+    ).float()
+    weight = torch.rand(B, H, W, generator=g)
+    weight[1] = 0.0  # no visible cell: scores 0
+    scores = shifted_match_scores(corr, (H, W), targets, weight, r)
+    assert scores.shape == (B, (2 * r + 1) ** 2)
+    expected = torch.zeros_like(scores)
+    for b in range(B):
+        shifts = [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+        for k, (dy, dx) in enumerate(shifts):
+            total = 0.0
+            for i in range(H):
+                for j in range(W):
+                    x = int(targets[b, 0, i, j]) + dx
+                    y = int(targets[b, 1, i, j]) + dy
+                    if 0 <= x < W and 0 <= y < H:  # zero outside the grid
+                        total += float(weight[b, i, j] * corr[b, i * W + j, y * W + x])
+            expected[b, k] = total / max(float(weight[b].sum()), 1e-6)
+    torch.testing.assert_close(scores, expected, rtol=1e-5, atol=1e-5)
+    assert torch.all(scores[1] == 0)
+
+
+def test_shifted_match_scores_rejects_bad_input():
+    from cvloc.models.corr import shifted_match_scores
+
+    corr, targets, weight = torch.zeros(1, 4, 4), torch.zeros(1, 2, 2, 2), torch.ones(1, 2, 2)
+    with pytest.raises(ValueError, match="radius"):
+        shifted_match_scores(corr, (2, 2), targets, weight, -1)
+    with pytest.raises(ShapeError, match="correlation"):
+        shifted_match_scores(torch.zeros(1, 4, 5), (2, 2), targets, weight, 1)

@@ -208,3 +208,50 @@ class TestDenseFlowConfig:
     def test_frozen(self):
         with pytest.raises(dataclasses.FrozenInstanceError):
             DenseFlowConfig().iters = 3
+
+
+def test_correlation_only_forward():
+    torch.manual_seed(0)
+    model = DenseFlow(TINY).eval()
+    batch = make_batch(B=2, sat=128)
+    out = model(batch, correlation_only=True)
+    assert set(out) == {
+        "correlation",
+        "feature_valid",
+        "camera_uv_pred",
+        "camera_xy_pred",
+        "yaw_deg_pred",
+    }
+    assert out["correlation"].shape == (2, 16 * 16, 16 * 16)
+    assert out["feature_valid"].shape == (2, 16, 16) and out["feature_valid"].any()
+    torch.testing.assert_close(out["yaw_deg_pred"], batch["yaw_deg_prior"])
+    # The pose is the prior moved by whole cells (8 px), within the prior's noise reach.
+    shift = (out["camera_uv_pred"] - batch["camera_uv_prior"]) / 8
+    torch.testing.assert_close(shift, shift.round())
+    torch.testing.assert_close(
+        out["camera_xy_pred"],
+        pixel_to_world_xy(out["camera_uv_pred"], batch["sat_center_uv"], batch["m_per_px"]),
+    )
+
+
+def test_align_pose_finds_a_known_shift():
+    # Every BEV cell correlates best with the satellite cell 2 columns west and 1 row south:
+    # the camera moves by (-16, +8) px from the prior.
+    model = DenseFlow(TINY)
+    B, H, W = 1, 8, 8
+    corr = torch.zeros(B, H * W, H * W)
+    for i in range(H):
+        for j in range(W):
+            if j - 2 >= 0 and i + 1 < H:
+                corr[0, i * W + j, (i + 1) * W + j - 2] = 1.0
+    valid = torch.ones(B, H, W, dtype=torch.bool)
+    batch = {
+        "camera_uv_prior": torch.tensor([[30.0, 40.0]]),
+        "shift_range_m": torch.tensor([4.0]),  # 4 sqrt(2) / (0.5 x 8) -> radius 2 cells
+        "m_per_px": torch.tensor([0.5]),
+    }
+    uv = model.align_pose(corr, valid, batch)
+    torch.testing.assert_close(uv, torch.tensor([[14.0, 48.0]]))
+    # Out of reach: a shift of 2 columns is not searched with radius 1.
+    batch["shift_range_m"] = torch.tensor([2.0])  # radius 1
+    assert not torch.allclose(model.align_pose(corr, valid, batch), uv)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from cvloc.checkpoint import save_checkpoint
+from cvloc.checkpoint import init_weights, save_checkpoint
 from cvloc.config import ConfigError, ExperimentConfig, config_to_yaml
 from cvloc.engine import data as data_mod
 from cvloc.engine.builders import build_model, build_optimizer, build_scheduler, model_amp_dtype
@@ -47,6 +47,8 @@ from cvloc.losses import loss_for_method
 logger = logging.getLogger("cvloc.train")
 StepCallback = Callable[[int, dict[str, float]], None]
 BEST_KEY = "location_median_m"
+# DenseFlow modules that feature pre-training (``train.objective=features``) leaves alone.
+FROZEN_IN_FEATURE_TRAINING = ("context_encoder", "update")
 
 
 def train(cfg: ExperimentConfig, callback: StepCallback | None = None) -> TrainResult:
@@ -93,9 +95,21 @@ class Trainer:
         if tc.amp and not self.amp and info.is_main:
             logger.warning("train.amp=true has no effect on %s: training in float32", info.device)
         self.amp_dtype = model_amp_dtype(cfg.model)
-        self.loss_fn = loss_for_method(cfg.model.method)
+        self.loss_fn = loss_for_method(cfg.model.method, tc.objective)
         _seed_everything(tc.seed)
-        self.unwrapped = build_model(cfg.model).to(info.device)
+        self.unwrapped = build_model(cfg.model)
+        if tc.init_from is not None and not tc.resume:
+            init_weights(self.unwrapped, tc.init_from)
+            if info.is_main:
+                logger.info("initialised the model from %s", tc.init_from)
+        # Feature pre-training only reaches the encoders and RefineBlock; freezing the rest
+        # keeps it out of the optimizer and out of DDP's gradient reduction.
+        self.forward_kwargs: dict[str, Any] = {}
+        if tc.objective == "features":
+            self.forward_kwargs = {"correlation_only": True}
+            for name in FROZEN_IN_FEATURE_TRAINING:
+                getattr(self.unwrapped, name).requires_grad_(False)
+        self.unwrapped.to(info.device)
         self.model: nn.Module = self.unwrapped
         if info.distributed:
             ids = [info.device.index] if info.device.type == "cuda" else None
@@ -189,7 +203,7 @@ class Trainer:
         # statistics; keep the buffers so that a skipped step leaves no trace.
         buffers = [b.clone() for b in self.unwrapped.buffers()]
         with self._autocast():
-            pred = self.model(batch)
+            pred = self.model(batch, **self.forward_kwargs)
         loss, parts_t = self.loss_fn(pred, batch, self.cfg.train, epoch)
         parts = {k: float(v) for k, v in parts_t.items()}
         ok = all_true(bool(torch.isfinite(loss)), self.info)
@@ -230,7 +244,7 @@ class Trainer:
         self.log.step(state.step, parts, self.opt.scheduler.get_last_lr()[0], log=log_now)
         if log_now:
             self.log.scalar("train/seconds_per_step", seconds, state.step)
-        if tc.image_every and state.step % tc.image_every == 0:
+        if tc.image_every and state.step % tc.image_every == 0 and "flow_iters" in pred:
             self.log.panel(state.step, batch, pred)
         if parts["skipped"] and self.info.is_main:
             self.log.scalar("train/nonfinite_total", state.nonfinite_total, state.step)
@@ -270,6 +284,7 @@ class Trainer:
             self.state.epoch,
             self.info,
             self._autocast,
+            self.forward_kwargs,
         )
 
     def _validate_and_save(self) -> None:

@@ -29,6 +29,7 @@ def validate(
     epoch: int,
     info: DistInfo,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    forward_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the model on this rank's validation shard and pool the results of all ranks.
 
@@ -40,6 +41,7 @@ def validate(
         epoch: the current epoch (selects beta and kappa).
         info: this process's place in the job.
         autocast: returns the precision context of the forward pass.
+        forward_kwargs: extra keyword arguments of the model's forward (as in training).
 
     Returns:
         :func:`cvloc.metrics.localization_metrics` output plus ``loss`` (the mean over
@@ -51,7 +53,7 @@ def validate(
     for batch in loader:
         batch = to_device(batch, info.device)
         with autocast():
-            pred = model(batch)
+            pred = model(batch, **(forward_kwargs or {}))
         _, parts = loss_fn(pred, batch, cfg, epoch)
         n = batch["ground"].shape[0]
         values = (

@@ -89,3 +89,51 @@ class CorrPyramid:
                 window = F.grid_sample(corr, grid, mode="bilinear", align_corners=False)
                 out.append(window.reshape(B, H, W, -1))
         return torch.cat(out, dim=-1).permute(0, 3, 1, 2).contiguous()
+
+
+def shifted_match_scores(
+    correlation: torch.Tensor,
+    grid_hw: tuple[int, int],
+    targets: torch.Tensor,
+    weight: torch.Tensor,
+    radius: int,
+) -> torch.Tensor:
+    """Mean correlation of the BEV cells with their targets shifted rigidly, per shift.
+
+    ``scores[b, k]`` = sum_c w[b, c] corr[b, c, targets[b, c] + o_k] / sum_c w[b, c] for
+    the (2r + 1)^2 shifts o_k = (dx, dy) in [-r, r]^2 (row-major over dy, then dx). With
+    the cells themselves as targets this is template matching of the whole BEV over the
+    satellite feature grid; with the ground-truth matches as targets, shift 0 is the
+    correct alignment (the positive of :func:`cvloc.losses_aux.alignment_loss`).
+
+    Convention: positions in satellite feature cells, (x, y) = (column, row), integer
+    values at cell centres; bilinear sampling, zero outside the grid; float32.
+
+    Args:
+        correlation: (B, H W, H2 W2) level-0 correlation (see :class:`CorrPyramid`).
+        grid_hw: (H2, W2) of the satellite feature grid.
+        targets: (B, 2, H, W) the satellite cell each BEV cell is compared with at shift 0.
+        weight: (B, H, W) non-negative weight of every BEV cell (e.g. its visibility).
+        radius: r, the largest shift along each axis, in cells.
+
+    Returns:
+        (B, (2r + 1)^2) scores; 0 for a sample whose weights are all zero.
+    """
+    B, H, W = weight.shape
+    H2, W2 = grid_hw
+    check_shape(correlation, [B, H * W, H2 * W2], "correlation")
+    check_shape(targets, [B, 2, H, W], "targets")
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    with torch.autocast(device_type=correlation.device.type, enabled=False):
+        offsets = torch.arange(-radius, radius + 1, dtype=torch.float32, device=targets.device)
+        dy, dx = torch.meshgrid(offsets, offsets, indexing="ij")
+        centre = targets.float().permute(0, 2, 3, 1).reshape(B * H * W, 1, 1, 2)
+        xy = centre + torch.stack([dx, dy], dim=-1)  # BHW,2r+1,2r+1,2
+        size = xy.new_tensor([W2, H2])
+        grid = (2.0 * xy + 1.0) / size - 1.0
+        rows = correlation.float().reshape(B * H * W, 1, H2, W2)
+        sampled = F.grid_sample(rows, grid, mode="bilinear", align_corners=False)
+        sampled = sampled.reshape(B, H * W, -1)
+        w = weight.float().reshape(B, H * W, 1)
+        return (sampled * w).sum(1) / w.sum(1).clamp(min=1e-6)

@@ -9,6 +9,7 @@ update (:mod:`.update`) and the pose from the flow (:mod:`.pose_head`).
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,7 +19,8 @@ from torch import nn
 
 from cvloc.data.batch import one_camera_model
 from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
-from cvloc.models.corr import CorrPyramid
+from cvloc.geometry.geo import pixel_to_world_xy
+from cvloc.models.corr import CorrPyramid, shifted_match_scores
 from cvloc.models.encoders import (
     OUTPUT_STRIDE,
     EncoderConfig,
@@ -126,7 +128,7 @@ class DenseFlow(nn.Module):
             cfg.update,
         )
 
-    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def forward(self, batch: dict[str, Any], correlation_only: bool = False) -> dict[str, Any]:
         """Estimate the flow, the confidence and the pose of a batch.
 
         Args:
@@ -135,9 +137,14 @@ class DenseFlow(nn.Module):
                 ``camera_model`` (one model for the batch), ``K`` (B, 3, 3),
                 ``camera_height_m`` (B,), ``m_per_px`` (B,), ``sat_center_uv`` (B, 2),
                 ``camera_uv_prior`` (B, 2), ``yaw_deg_prior`` (B,).
+            correlation_only: stop after the correlation (feature pre-training,
+                ``train.objective=features``): no context encoder, GRU or flow; the pose
+                is the prior shifted by the best rigid alignment of the BEV over the
+                satellite features (:meth:`align_pose`), the heading is the prior's.
 
         Returns:
-            The prediction dict described in the class docstring.
+            The prediction dict described in the class docstring (with
+            ``correlation_only``: only ``correlation``, ``feature_valid`` and the pose).
 
         Raises:
             KeyError: required keys are missing.
@@ -146,6 +153,8 @@ class DenseFlow(nn.Module):
         ground, satellite = check_batch(batch, self.required_keys, "DenseFlow")
         cfg = self.config
         grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
+        if correlation_only:
+            return self._correlate(batch, ground, satellite, grid_hw)
         with self._autocast(satellite.device):
             # 1. Feature encoders CNN_g, CNN_s and the context encoder (sections 3.1, 3.2).
             f_grd = self.ground_encoder(ground)
@@ -182,12 +191,67 @@ class DenseFlow(nn.Module):
             "match_dst_uv": pose.dst_uv,
             "match_weight": pose.weight,
             # Level-0 correlation (B, HW, H2W2) and cell visibility (B, H, W), for the
-            # optional correlation loss.
-            "correlation": corr.pyramid[0].reshape(
-                valid.shape[0], -1, corr.pyramid[0].shape[-2] * corr.pyramid[0].shape[-1]
-            ),
+            # optional auxiliary losses.
+            "correlation": _level0(corr),
             "feature_valid": valid,
         }
+
+    def _correlate(
+        self,
+        batch: dict[str, Any],
+        ground: torch.Tensor,
+        satellite: torch.Tensor,
+        grid_hw: tuple[int, int],
+    ) -> dict[str, Any]:
+        """Stages 1-4 without the context: correlation, visibility and the alignment pose."""
+        with self._autocast(satellite.device):
+            f_bev, valid = self._to_bev(self.ground_encoder(ground), batch, grid_hw)
+            f_sat = self.satellite_encoder(satellite)
+            corr = CorrPyramid(self.refine(f_bev), f_sat, 1, 0)
+        correlation = _level0(corr)
+        camera_uv = self.align_pose(correlation, valid, batch)
+        center, m = batch["sat_center_uv"], batch["m_per_px"]
+        return {
+            "correlation": correlation,
+            "feature_valid": valid,
+            "camera_uv_pred": camera_uv,
+            "camera_xy_pred": pixel_to_world_xy(camera_uv, center, m),
+            "yaw_deg_pred": batch["yaw_deg_prior"].float(),
+        }
+
+    def align_pose(
+        self, correlation: torch.Tensor, valid: torch.Tensor, batch: dict[str, Any]
+    ) -> torch.Tensor:
+        """Camera position of the best rigid shift of the BEV over the satellite features.
+
+        Template matching on the correlation volume: every shift of the BEV (placed at
+        the prior) by whole feature cells up to the prior's position noise,
+        ``ceil(shift_range_m sqrt(2) / (m_per_px stride))`` cells, is scored by
+        :func:`cvloc.models.corr.shifted_match_scores` over the visible cells; the camera
+        moves with the best one. Rotation is not searched. Not differentiable (argmax).
+
+        Convention: satellite pixels (u, v), integer pixel centres.
+
+        Args:
+            correlation: (B, H W, H2 W2) level-0 correlation.
+            valid: (B, H, W) visible BEV cells.
+            batch: the batch (``camera_uv_prior``, ``shift_range_m``, ``m_per_px``).
+
+        Returns:
+            (B, 2) camera positions in satellite pixels.
+        """
+        B, H, W = valid.shape
+        s = self.config.stride
+        reach = batch["shift_range_m"].float() * math.sqrt(2.0) / (batch["m_per_px"].float() * s)
+        radius = math.ceil(float(reach.max())) if B else 0
+        cells = satellite_grid_uv(H, W, dtype=torch.float32, device=valid.device)
+        cells = cells.permute(2, 0, 1)[None].expand(B, -1, -1, -1)
+        with torch.no_grad():
+            scores = shifted_match_scores(correlation.detach(), (H, W), cells, valid, radius)
+        best = scores.argmax(1)
+        side = 2 * radius + 1
+        shift = torch.stack([best % side - radius, best // side - radius], dim=-1)
+        return batch["camera_uv_prior"].float() + shift.float() * s
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)
@@ -242,3 +306,9 @@ class DenseFlow(nn.Module):
             else:
                 confidences.append(convex_upsample(step.confidence, step.mask, s))
         return flows, confidences
+
+
+def _level0(corr: CorrPyramid) -> torch.Tensor:
+    """The pyramid's level 0 as (B, H W, H2 W2)."""
+    level0 = corr.pyramid[0]
+    return level0.reshape(corr.bev_shape[0], -1, level0.shape[-2] * level0.shape[-1])
