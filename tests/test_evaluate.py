@@ -185,6 +185,14 @@ def test_evaluate_metrics_of_known_predictions(batch_size):
     for key, value in EXPECTED.items():
         assert result[key] == pytest.approx(value, abs=1e-5), key
     assert result["method"] == "stub" and result["checkpoint"] == "x.pt"
+    rows = evaluate(StubModel(), dataset, batch_size, progress=False, per_sample=True)
+    per_sample = rows["per_sample"]
+    assert per_sample["name"] == [item["name"] for item in dataset]
+    # The per-pair errors reproduce the aggregate metrics.
+    assert np.median(per_sample["location_error_m"]) == pytest.approx(
+        result["location_median_m"], abs=1e-9
+    )
+    assert np.mean(per_sample["yaw_error_deg"]) == pytest.approx(result["yaw_mean_deg"], abs=1e-9)
     assert result["match_num_samples"] == 4
     assert 0.0 <= result["seconds_per_pair"] < 1.0
     json.dumps(result)  # plain JSON numbers and strings
@@ -200,6 +208,7 @@ def test_evaluate_defaults_and_pose_only_models():
 
     result = evaluate(PoseOnly(), [make_item(0)], progress=False)
     assert result["method"] == "PoseOnly" and result["checkpoint"] is None
+    assert "per_sample" not in result
     assert not any(k.startswith(("flow_", "match_")) for k in result)
     assert result["yaw_mean_deg"] == 0.0
     with pytest.raises(ValueError, match="empty"):

@@ -31,7 +31,7 @@ from cvloc.data.batch import camera_xy, collate, one_camera_model
 from cvloc.geometry.bev import lift_to_ground_image
 from cvloc.geometry.checks import check_same_batch, check_shape
 from cvloc.geometry.geo import pixel_to_world_xy
-from cvloc.geometry.pose import world_to_cam_from_pose
+from cvloc.geometry.pose import world_to_cam_from_pose, wrap_deg
 from cvloc.metrics import aggregate_match_precision, localization_metrics, match_precision
 from cvloc.models.pose_head import flow_from_pose
 
@@ -49,6 +49,7 @@ def evaluate(
     progress: bool = True,
     method: str | None = None,
     checkpoint: str | None = None,
+    per_sample: bool = False,
 ) -> dict[str, Any]:
     """Localize every pair of a dataset and compute the metrics JSON.
 
@@ -68,6 +69,8 @@ def evaluate(
         progress: show a progress bar.
         method: the ``method`` value of the result; defaults to the model's class name.
         checkpoint: the ``checkpoint`` value of the result (None for non-learned methods).
+        per_sample: also return ``per_sample``: ``name``, ``location_error_m`` and
+            ``yaw_error_deg`` (absolute, wrapped) of every pair, in dataset order.
 
     Returns:
         The metrics dict: ``method``, ``checkpoint``, ``num_samples``, the keys of
@@ -90,6 +93,7 @@ def evaluate(
     poses: defaultdict[str, list[torch.Tensor]] = defaultdict(list)
     flow = FlowErrorAccumulator()
     matches: list[dict[str, float | int]] = []
+    names: list[str] = []
     forward_s = 0.0
     with torch.inference_mode():
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
@@ -103,6 +107,7 @@ def evaluate(
             poses["gt_xy"].append(camera_xy(batch, "gt").double().cpu())
             poses["pred_yaw"].append(pred["yaw_deg_pred"].double().cpu())
             poses["gt_yaw"].append(batch["yaw_deg_gt"].double().cpu())
+            names += list(batch["name"])
             if "flow_iters" in pred:
                 flow.add(pred, batch)
             if "gt_sat_uv_grd" in batch and all(k in pred for k in MATCH_KEYS):
@@ -121,6 +126,12 @@ def evaluate(
         result.update(flow.summary())
     if matches:
         result.update(aggregate_match_precision(matches))
+    if per_sample:
+        result["per_sample"] = {
+            "name": names,
+            "location_error_m": (stacked["pred_xy"] - stacked["gt_xy"]).norm(dim=-1).tolist(),
+            "yaw_error_deg": wrap_deg(stacked["pred_yaw"] - stacked["gt_yaw"]).abs().tolist(),
+        }
     return result
 
 
