@@ -17,8 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cvloc.data.batch import one_camera_model
-from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
+from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.geo import pixel_to_world_xy
 from cvloc.models.corr import CorrPyramid, shifted_match_scores
 from cvloc.models.encoders import (
@@ -27,7 +26,7 @@ from cvloc.models.encoders import (
     ResNetEncoder,
     load_pretrained,
 )
-from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, check_batch, cuda_autocast
+from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, bev_at_prior, check_batch, cuda_autocast
 from cvloc.models.pose_head import pose_from_flow
 from cvloc.models.refine import RefineBlock
 from cvloc.models.update import UpdateBlock, UpdateConfig, convex_upsample, upsample_flow
@@ -263,21 +262,7 @@ class DenseFlow(nn.Module):
         if not self.config.use_ground_projection:
             bev = F.interpolate(features, size=grid_hw, mode="bilinear", align_corners=False)
             return bev, torch.ones_like(bev[:, 0], dtype=torch.bool)
-        camera_model = one_camera_model(batch["camera_model"])
-        ground = batch["ground"]
-        return bev_from_prior(
-            features,
-            batch["K"] if camera_model == "pinhole" else None,
-            camera_model,
-            (ground.shape[-1], ground.shape[-2]),
-            batch["sat_center_uv"],
-            batch["m_per_px"],
-            batch["camera_uv_prior"],
-            batch["yaw_deg_prior"],
-            batch["camera_height_m"],
-            grid_hw,
-            float(self.config.stride),
-        )
+        return bev_at_prior(features, batch, grid_hw)
 
     def _iterate(
         self,

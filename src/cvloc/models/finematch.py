@@ -19,10 +19,9 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from cvloc.data.batch import one_camera_model
-from cvloc.geometry.bev import bev_from_prior, satellite_grid_uv
+from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
-from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, check_batch, cuda_autocast
+from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, bev_at_prior, check_batch, cuda_autocast
 from cvloc.models.matching import (
     AdaptiveDustbin,
     DescriptorHead,
@@ -197,19 +196,4 @@ class FineMatch(nn.Module):
         self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ground features (B, C, h, w) -> volume (B, C, Z, H, W), validity (B, Z, H, W)."""
-        camera_model = one_camera_model(batch["camera_model"])
-        ground = batch["ground"]
-        return bev_from_prior(
-            features,
-            batch["K"] if camera_model == "pinhole" else None,
-            camera_model,
-            (ground.shape[-1], ground.shape[-2]),
-            batch["sat_center_uv"],
-            batch["m_per_px"],
-            batch["camera_uv_prior"],
-            batch["yaw_deg_prior"],
-            batch["camera_height_m"],
-            grid_hw,
-            float(self.config.stride),
-            heights_m=self.surface.bins_m,
-        )
+        return bev_at_prior(features, batch, grid_hw, heights_m=self.surface.bins_m)

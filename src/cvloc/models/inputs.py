@@ -12,6 +12,8 @@ from typing import Any
 
 import torch
 
+from cvloc.data.batch import one_camera_model
+from cvloc.geometry.bev import bev_from_prior
 from cvloc.geometry.checks import ShapeError, check_shape
 from cvloc.models.encoders import OUTPUT_STRIDE
 
@@ -76,3 +78,45 @@ def cuda_autocast(
     if not (enabled and device.type == "cuda"):
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=getattr(torch, dtype_name))
+
+
+def bev_at_prior(
+    features: torch.Tensor,
+    batch: dict[str, Any],
+    grid_hw: tuple[int, int],
+    heights_m: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ground features on the satellite feature grid of a batch, the camera at its prior.
+
+    :func:`cvloc.geometry.bev.bev_from_prior` with the camera, geo-reference and prior
+    read from the batch.
+
+    Convention: as :func:`cvloc.geometry.bev.bev_from_prior`; the grid has one cell per
+    ``OUTPUT_STRIDE`` satellite pixels.
+
+    Args:
+        features: (B, C, h, w) ground feature map covering the whole ground image.
+        batch: the batch (``ground``, ``camera_model``, ``K``, ``sat_center_uv``,
+            ``m_per_px``, ``camera_uv_prior``, ``yaw_deg_prior``, ``camera_height_m``).
+        grid_hw: (H, W) of the satellite feature grid.
+        heights_m: optional (Z,) heights above ground to lift at (a volume).
+
+    Returns:
+        bev (B, C, H, W) or (B, C, Z, H, W), and validity (B, H, W) or (B, Z, H, W).
+    """
+    camera_model = one_camera_model(batch["camera_model"])
+    ground = batch["ground"]
+    return bev_from_prior(
+        features,
+        batch["K"] if camera_model == "pinhole" else None,
+        camera_model,
+        (ground.shape[-1], ground.shape[-2]),
+        batch["sat_center_uv"],
+        batch["m_per_px"],
+        batch["camera_uv_prior"],
+        batch["yaw_deg_prior"],
+        batch["camera_height_m"],
+        grid_hw,
+        float(OUTPUT_STRIDE),
+        heights_m=heights_m,
+    )
