@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -113,6 +114,9 @@ def test_resume_refuses_another_model_config(cfg):
 def test_export_and_load_safetensors(checkpoint, tmp_path, cfg):
     path, model = checkpoint
     out = export_weights(path, tmp_path / "w.safetensors")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # not private: weights get shared
     meta = weights_metadata(out)
     assert meta["config"] == config_to_dict(cfg)
     assert meta["metrics"] == {"location_median_m": 1.5}

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, safe_open, save_file
+from safetensors.torch import load_file, safe_open, save
 from torch import nn
 
 from cvloc.config import ConfigError, ExperimentConfig, config_from_dict, config_to_dict
@@ -267,7 +267,10 @@ def export_weights(
         "metrics": json.dumps(ckpt.get("metrics", {})),
     }
     out = Path(out)
-    atomic_write(out, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    # safetensors' save_file creates the file private (0o600); writing its bytes ourselves
+    # gives the usual umask permissions, so others can read the weights they are sent.
+    data = save(tensors, metadata=metadata)
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     return out
 
 
