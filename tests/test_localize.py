@@ -160,8 +160,11 @@ def test_shipped_denseflow_localizes_better_than_the_prior(pairs):
         gt = np.array(meta["camera_uv"])
         errors.append(np.linalg.norm(result.camera_uv - gt) * meta["m_per_px"])
         prior_errors.append(np.linalg.norm(meta["prior"]["camera_uv"] - gt) * meta["m_per_px"])
-        assert result.covariance_m2 is not None and result.num_confident_matches > 0
-    assert np.mean(errors) < 0.5 * np.mean(prior_errors)
+        # The uncertainty is a proper covariance; the confident count is a count of scores.
+        assert result.covariance_m2 is not None
+        assert np.all(np.linalg.eigvalsh(result.covariance_m2) > 0)
+        assert 0 <= result.num_confident_matches <= len(result.scores)
+    assert np.mean(errors) < 0.5 * np.mean(prior_errors), (errors, prior_errors)
 
 
 def test_geo_referenced_tile_gives_the_camera_latlon(pairs):
