@@ -24,7 +24,7 @@ import torch
 
 from cvloc.config import TrainConfig
 from cvloc.geometry.pose import wrap_deg
-from cvloc.losses_aux import auxiliary_losses, features_loss, ground_truth_flow
+from cvloc.losses_aux import auxiliary_losses, features_loss, ground_truth_flow, masked_mean
 from cvloc.losses_finematch import finematch_loss
 
 LossFn = Callable[
@@ -48,20 +48,6 @@ def loss_schedule(cfg: TrainConfig, epoch: int) -> tuple[float, float]:
     if epoch < cfg.switch_epoch:
         return cfg.beta_initial, cfg.kappa_initial
     return cfg.beta_final, cfg.kappa_final
-
-
-def masked_mean(values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over valid pixels, then the batch mean.
-
-    Args:
-        values: (B, 1, H, W) per-pixel values.
-        valid: (B, 1, H, W) 0/1 mask.
-
-    Returns:
-        () scalar; samples without valid pixels contribute 0.
-    """
-    count = valid.flatten(1).sum(1).clamp_min(1.0)
-    return ((values * valid).flatten(1).sum(1) / count).mean()
 
 
 def standardize(d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

@@ -20,14 +20,16 @@ for the ImageNet initialisation (``configs/denseflow-synth-kitti-small-features.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
-from cvloc.config import TrainConfig
 from cvloc.models.corr import shifted_match_scores
 from cvloc.models.pose_head import flow_from_pose
+
+if TYPE_CHECKING:  # cvloc.config imports losses_finematch, which imports this module
+    from cvloc.config import TrainConfig
 
 
 def ground_truth_flow(batch: dict[str, Any], sat_hw: tuple[int, int]) -> torch.Tensor:
@@ -50,6 +52,22 @@ def ground_truth_flow(batch: dict[str, Any], sat_hw: tuple[int, int]) -> torch.T
         batch["camera_uv_gt"],
         batch["yaw_deg_gt"],
     )
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean over the masked entries, then the batch mean.
+
+    Shared by every training loss (DenseFlow's per-pixel terms, FineMatch's per-match ones).
+
+    Args:
+        values: (B, ...) values.
+        mask: (B, ...) of the same shape, bool or 0/1.
+
+    Returns:
+        () scalar; samples without a masked entry contribute 0.
+    """
+    w = mask.to(values.dtype).flatten(1)
+    return ((values.flatten(1) * w).sum(1) / w.sum(1).clamp_min(1.0)).mean()
 
 
 def ground_truth_cells(gt_flow: torch.Tensor, stride: int) -> torch.Tensor:
@@ -197,8 +215,7 @@ def features_loss(
             pred["yaw_deg_pred"],
         )
         valid = F.interpolate(pred["feature_valid"][:, None].float(), size=sat_hw)
-        error = torch.linalg.vector_norm(flow - gt_flow, dim=1, keepdim=True)
-        epe = ((error * valid).flatten(1).sum(1) / valid.flatten(1).sum(1).clamp_min(1)).mean()
+        epe = masked_mean(torch.linalg.vector_norm(flow - gt_flow, dim=1, keepdim=True), valid)
     parts = {
         "loss": total.detach(),
         "correlation": corr.detach(),

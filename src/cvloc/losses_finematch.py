@@ -41,6 +41,7 @@ from cvloc.data.batch import camera_xy
 from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
 from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d, wrap_deg
+from cvloc.losses_aux import masked_mean
 from cvloc.models.matching import NO_MATCH_SCORE
 
 if TYPE_CHECKING:
@@ -231,20 +232,6 @@ def vce_loss(
     virtual = prior_xy[:, None] + offsets
     diff = apply_rigid_2d(R, t, virtual) - apply_rigid_2d(R_gt, t_gt, virtual)
     return ((diff**2).sum(-1) + 1e-12).sqrt().mean(-1)  # eps: finite gradient at 0
-
-
-def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-sample mean over masked entries, then the batch mean (0 for empty samples).
-
-    Args:
-        values: (B, N).
-        mask: (B, N) bool.
-
-    Returns:
-        () scalar.
-    """
-    w = mask.to(values.dtype)
-    return ((values * w).sum(1) / w.sum(1).clamp_min(1.0)).mean()
 
 
 def finematch_loss(

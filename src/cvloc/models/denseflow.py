@@ -243,8 +243,7 @@ class DenseFlow(nn.Module):
         s = self.config.stride
         reach = batch["shift_range_m"].float() * math.sqrt(2.0) / (batch["m_per_px"].float() * s)
         radius = math.ceil(float(reach.max())) if B else 0
-        cells = satellite_grid_uv(H, W, dtype=torch.float32, device=valid.device)
-        cells = cells.permute(2, 0, 1)[None].expand(B, -1, -1, -1)
+        cells = _cell_coords(B, (H, W), valid.device)
         with torch.no_grad():
             scores = shifted_match_scores(correlation.detach(), (H, W), cells, valid, radius)
         best = scores.argmax(1)
@@ -276,8 +275,7 @@ class DenseFlow(nn.Module):
         B, device = hidden.shape[0], hidden.device
         # Match positions in satellite feature cells, (x, y) = (column, row); the BEV grid
         # is the satellite grid, so the initial matches are the cells themselves.
-        coords0 = satellite_grid_uv(*grid_hw, dtype=torch.float32, device=device)
-        coords0 = coords0.permute(2, 0, 1)[None].expand(B, -1, -1, -1)
+        coords0 = _cell_coords(B, grid_hw, device)
         coords1 = coords0
         flows, confidences = [], []
         for _ in range(self.config.iters):
@@ -297,3 +295,12 @@ def _level0(corr: CorrPyramid) -> torch.Tensor:
     """The pyramid's level 0 as (B, H W, H2 W2)."""
     level0 = corr.pyramid[0]
     return level0.reshape(corr.bev_shape[0], -1, level0.shape[-2] * level0.shape[-1])
+
+
+def _cell_coords(batch: int, grid_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """Every satellite feature cell's own position, (B, 2, H, W) as (x, y) = (column, row).
+
+    The BEV grid is the satellite grid, so these are the matches of zero flow.
+    """
+    coords = satellite_grid_uv(*grid_hw, dtype=torch.float32, device=device)
+    return coords.permute(2, 0, 1)[None].expand(batch, -1, -1, -1)
