@@ -4,13 +4,14 @@ Reproduce (about 1.4 h per variant, 8-9 h in all on 2 CPU cores)::
 
     python benchmarks/denseflow_ablations.py --steps 2000 --pairs 2000
 
-Every variant of the base config (``--config``, default ``denseflow-synth-kitti-small``)
-is trained from scratch for ``--steps`` optimizer steps on the same ``--pairs`` fixed
-synthetic training pairs (train split, epoch-0 priors, written once to ``--data-dir`` as
-``cvloc-pairs/1``; validation on ``--num-val`` val pairs), then evaluated on ``--num-test``
-fixed test pairs of the same and of the cross area. The schedule keeps the preset's shape,
-scaled to the budget: warm-up over 5 % of the steps, beta / kappa switched after 60 % of
-the epochs. Variants (config switches, :data:`VARIANTS`):
+Every variant of the base config (``--config``, default ``denseflow-synth-kitti-small``) is
+trained from scratch (or from ``--init-from`` weights, see below) for ``--steps`` optimizer
+steps on the same ``--pairs`` fixed synthetic training pairs (train split, epoch-0 priors,
+written once to ``--data-dir`` as ``cvloc-pairs/1``; validation on ``--num-val`` val
+pairs), then evaluated on ``--num-test`` fixed test pairs of the same and of the cross
+area. The schedule keeps the preset's shape, scaled to the budget: warm-up over 5 % of the
+steps, beta / kappa switched after 60 % of the epochs. Variants (config switches,
+:data:`VARIANTS`):
 
 - w/o Ground Feature Projection: ``model.denseflow.use_ground_projection=false``
 - w/o BEV Feature RefineBlock: ``model.denseflow.use_refine_block=false``
@@ -19,24 +20,38 @@ the epochs. Variants (config switches, :data:`VARIANTS`):
 - w/o Confidence: ``model.denseflow.use_confidence=false train.use_confidence_loss=false``
 - full: the preset unchanged.
 
+``--init-from WEIGHTS`` starts every variant from those weights (``train.init_from``);
+``--init-modules`` fills only the named sub-modules (``train.init_modules``), e.g. the
+stage-1 feature pre-training with ``--init-from
+training/denseflow-synth-kitti-small-features/weights.safetensors --init-modules
+ground_encoder satellite_encoder``, so that variants whose architecture differs (no
+RefineBlock) still start from the same pre-trained encoders.
+
 Checkpoints go to ``--runs-dir/<variant>/``. Prints Table 5 (location and azimuth mean /
 median, same and cross area) and writes ``benchmarks/results/denseflow_ablations.json``
-({"settings", "variants": {variant: {"overrides", "steps", "same", "cross"}}}) and ``.md``.
+({"settings", "variants": {variant: {"label", "overrides", "steps", "same", "cross"}}}) and
+``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from common import (
+    AREAS,
+    DATA_DIR,
+    ablation_overrides,
+    add_ablation_args,
+    budget_schedule,
+    finish,
+    markdown_table,
+    synthetic_split,
+)
 from cvloc.config import load_config
 from cvloc.evaluate import evaluate
 from cvloc.train import train
-from denseflow_accuracy import AREAS, DATA_DIR, RESULTS, machine, synthetic_split, write_json
 
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "no-ground-projection": (
@@ -64,7 +79,7 @@ def budget_overrides(
     """Config overrides for the data and the schedule of a ``--steps`` budget.
 
     Args:
-        args: the options (``steps``, ``pairs``, ``num_val``, ``threads``).
+        args: the options (:func:`common.add_ablation_args`).
         batch_size: pairs per step.
         roots: the training and validation pairs directories.
         out_dir: the variant's output directory.
@@ -72,23 +87,14 @@ def budget_overrides(
     Returns:
         Dotlist overrides.
     """
-    per_epoch = min(args.steps, args.pairs // batch_size)
-    epochs = math.ceil(args.steps / per_epoch)
+    epochs, _ = budget_schedule(args, batch_size)
     return [
         "data.dataset=pairs",
         f"data.root={roots[0]}",
         f"data.val_root={roots[1]}",
-        f"data.num_val={args.num_val}",
-        f"data.batch_size={batch_size}",
         "data.num_workers=0",
-        f"train.epochs={epochs}",
-        f"train.steps_per_epoch={per_epoch}",
-        f"train.warmup_steps={epochs * per_epoch // 20}",
+        *ablation_overrides(args, batch_size, out_dir),
         f"train.switch_epoch={max(1, round(0.6 * epochs))}",
-        f"train.num_threads={args.threads}",
-        f"train.log_every={min(50, args.steps)}",
-        "train.image_every=0",
-        f"train.out_dir={out_dir}",
     ]
 
 
@@ -121,37 +127,26 @@ def table(variants: dict[str, dict[str, Any]]) -> str:
     """Table 5: location / azimuth mean and median per area, one row per variant."""
     stats = ("mean", "median")
     head = [f"{a} {h} {s} ({u})" for a in AREAS for _, u, h in COLUMNS for s in stats]
-    lines = ["| Model | " + " | ".join(head) + " |", "|:--|" + "--:|" * len(head)]
-    for v in variants.values():
-        keys = [f"{q}_{s}_{u}" for q, u, _ in COLUMNS for s in stats]
-        cells = [f"{v[a][k]:.2f}" for a in AREAS for k in keys]
-        lines.append(f"| {v['label']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    keys = [f"{q}_{s}_{u}" for q, u, _ in COLUMNS for s in stats]
+    rows = [
+        (v["label"], [f"{v[a][k]:.2f}" for a in AREAS for k in keys]) for v in variants.values()
+    ]
+    return markdown_table(head, rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", default="denseflow-synth-kitti-small", help="base config")
-    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per variant")
-    parser.add_argument("--pairs", type=int, default=2000, help="training pairs")
-    parser.add_argument("--batch-size", type=int, help="pairs per step (default: config's)")
-    parser.add_argument("--num-val", type=int, default=50, help="validation pairs")
-    parser.add_argument("--num-test", type=int, default=200, help="test pairs per area")
-    parser.add_argument(
-        "--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), help="subset"
+    add_ablation_args(
+        parser,
+        "denseflow-synth-kitti-small",
+        "runs/ablations",
+        list(VARIANTS),
+        out="denseflow_ablations.json",
+        workers=2,
     )
-    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
-    parser.add_argument("--workers", type=int, default=2, help="pair generator processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
-    parser.add_argument(
-        "--runs-dir", type=Path, default=Path("runs/ablations"), help="checkpoints per variant"
-    )
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS / "denseflow_ablations.json", help="results JSON"
-    )
     args = parser.parse_args()
     preset = load_config(args.config).data.preset
 
@@ -161,13 +156,7 @@ def main() -> None:
     roots = (split("train", "same", args.pairs).root, split("val", "same", args.num_val).root)
     tests = {area: split("test", area, args.num_test) for area in AREAS}
     variants = {name: run_variant(args, name, roots, tests) for name in args.variants}
-    text = table(variants)
-    print(f"\n**{preset}, {args.steps} steps on {args.pairs} pairs, {args.num_test} test pairs**")
-    print(text)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    settings.update(machine=machine(), torch=torch.__version__)
-    write_json(args.out, {"settings": settings, "variants": variants})
-    args.out.with_suffix(".md").write_text(text)
+    finish(args, preset, variants, table(variants))
 
 
 if __name__ == "__main__":

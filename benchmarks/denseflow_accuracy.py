@@ -14,97 +14,23 @@ processes (:func:`cvloc.demo.evaluate_classical`).
 
 Prints Table 1 per area and writes ``benchmarks/results/denseflow_accuracy.json``
 ({"settings", "same": {method: metrics JSON}, "cross": ...}) and the Markdown tables beside
-it (``.md``). The helpers :func:`machine`, :func:`write_json`, :func:`synthetic_split` and
-:func:`load_or_exit` are shared by the other DenseFlow benchmarks.
+it (``.md``). The helpers it uses (paths, pairs, model loading, the results file) are in
+``common.py``, shared by the benchmark scripts.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from cvloc.checkpoint import CheckpointError, load_model
-from cvloc.data.pairs import PairsDataset
-from cvloc.demo import WEIGHTS, evaluate_classical, write_synthetic_pairs
+from common import AREAS, DATA_DIR, RESULTS, load_or_exit, machine, synthetic_split, write_json
+from cvloc.demo import WEIGHTS, evaluate_classical
 from cvloc.evaluate import evaluate
-from cvloc.metrics import format_metrics_table, metrics_to_json
+from cvloc.metrics import format_metrics_table
 from cvloc.models.baselines import PriorBaseline
-
-RESULTS = Path(__file__).parent / "results"
-DATA_DIR = Path(__file__).parents[1] / "data" / "benchmarks"  # /data/ is git-ignored
-AREAS = ("same", "cross")
-
-
-def machine() -> str:
-    """The CPU model and logical CPU count (and the GPU, if any), for the results file.
-
-    Returns:
-        A one-line description.
-    """
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{name}, {os.cpu_count()} logical CPUs{gpu}"
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write results as strict JSON: undefined metrics (NaN, inf) become null.
-
-    Args:
-        path: the file (parent directories are created).
-        data: the results.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(metrics_to_json(data))
-    print(f"wrote {path}")
-
-
-def synthetic_split(
-    preset: str, split: str, area: str, num: int, seed: int, workers: int, data_dir: Path
-) -> PairsDataset:
-    """A fixed synthetic split written once under ``data_dir`` and reused afterwards.
-
-    Args:
-        preset: synthetic preset.
-        split: ``"test"``, ``"val"`` or ``"train"``.
-        area: ``"same"`` or ``"cross"``.
-        num: number of pairs.
-        seed: world seed.
-        workers: generator processes.
-        data_dir: parent directory of the pairs directories.
-
-    Returns:
-        The pairs (``root`` is their directory).
-    """
-    out = data_dir / f"{preset}-{split}-{area}-s{seed}-n{num}"
-    return write_synthetic_pairs(out, num, seed, workers, preset, area, split)
-
-
-def load_or_exit(checkpoint: str) -> tuple[torch.nn.Module, Any]:
-    """Load a model, or print why it cannot be loaded and exit with status 2.
-
-    Args:
-        checkpoint: a weights name or a ``.pt`` / ``.safetensors`` path.
-
-    Returns:
-        (model in eval mode, its experiment config).
-    """
-    try:
-        return load_model(checkpoint)
-    except (FileNotFoundError, CheckpointError) as exc:
-        sys.exit(f"checkpoint {checkpoint!r}: {exc}")
 
 
 def main() -> None:

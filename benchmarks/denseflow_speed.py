@@ -37,13 +37,13 @@ from typing import Any
 
 import torch
 
+from common import RESULTS, machine, write_json
 from cvloc.config import load_config
 from cvloc.data.batch import collate
 from cvloc.data.pairs import pair_to_item
 from cvloc.data.synthetic import generate_pair
 from cvloc.engine.builders import build_model, build_optimizer
 from cvloc.losses import denseflow_loss
-from denseflow_accuracy import RESULTS, machine, write_json
 
 MODELS = {"cpu-preset": "denseflow-synth-kitti-small", "paper": "denseflow-synth-kitti"}
 SIZES = ("kitti-small", "kitti")

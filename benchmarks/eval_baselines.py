@@ -20,19 +20,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 from pathlib import Path
 
 import torch
 
+from common import AREAS, RESULTS, machine, write_json
 from cvloc.data.synthetic.dataset import SyntheticDataset
 from cvloc.evaluate import evaluate
-from cvloc.metrics import format_metrics_table, metrics_to_json
+from cvloc.metrics import format_metrics_table
 from cvloc.models.baselines import ClassicalBaseline, ClassicalConfig, PriorBaseline
 
 PRESET = "kitti-small"
-RESULTS = Path(__file__).parent / "results" / "baselines_kitti_small.json"
 
 
 def main() -> None:
@@ -40,7 +38,9 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=50, help="test pairs per area")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="results JSON")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "baselines_kitti_small.json", help="results JSON"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     config = ClassicalConfig()
@@ -52,10 +52,10 @@ def main() -> None:
         "seed": args.seed,
         "threads": args.threads,
         "classical_config": dataclasses.asdict(config),
-        "machine": f"{cpu_model()}, {os.cpu_count()} logical CPUs (shared)",
+        "machine": f"{machine()} (shared)",
         "torch": torch.__version__,
     }
-    for area in ("same", "cross"):
+    for area in AREAS:
         dataset = SyntheticDataset(PRESET, "test", area, args.num, seed=args.seed)
         pairs = [dataset[i] for i in range(len(dataset))]  # generate once for both methods
         results[area] = {
@@ -67,19 +67,7 @@ def main() -> None:
         for name, metrics in results[area].items():
             print(f"{name}: {metrics['seconds_per_pair']:.3f} s per pair")
         print()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(metrics_to_json(results))
-    print(f"wrote {args.out}")
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    write_json(args.out, results)
 
 
 if __name__ == "__main__":

@@ -30,10 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cvloc.data.kitti import KittiDataset
-from cvloc.demo import WEIGHTS
-from cvloc.evaluate import evaluate
-from denseflow_accuracy import (
+from common import (
     DATA_DIR,
     RESULTS,
     load_or_exit,
@@ -41,6 +38,9 @@ from denseflow_accuracy import (
     synthetic_split,
     write_json,
 )
+from cvloc.data.kitti import KittiDataset
+from cvloc.demo import WEIGHTS
+from cvloc.evaluate import evaluate
 
 COMPARED = (
     "location_median_m",

@@ -32,18 +32,18 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
-from cvloc.evaluate import evaluate
-from cvloc.geometry.pose import wrap_deg
-from cvloc.models.baselines import PriorBaseline
-from denseflow_accuracy import (
+from common import (
     AREAS,
     DATA_DIR,
     RESULTS,
     load_or_exit,
-    machine,
+    run_settings,
     synthetic_split,
     write_json,
 )
+from cvloc.evaluate import evaluate
+from cvloc.geometry.pose import wrap_deg
+from cvloc.models.baselines import PriorBaseline
 
 PRESET = "vigor-small"
 PLOT = Path(__file__).parents[1] / "docs" / "images" / "orientation_noise.png"
@@ -132,10 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     model, cfg = load_or_exit(args.checkpoint)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    settings.update(
-        train_yaw_range_deg=cfg.data.yaw_range_deg, machine=machine(), torch=torch.__version__
-    )
+    settings = run_settings(args, train_yaw_range_deg=cfg.data.yaw_range_deg)
     results: dict[str, Any] = {"settings": settings}
     for area in AREAS:
         pairs = synthetic_split(

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import platform
 import tempfile
@@ -31,22 +30,12 @@ from pathlib import Path
 
 import torch
 
+from common import RESULTS, cpu_model, write_json
 from cvloc.data.pairs import write_pair
 from cvloc.data.synthetic import command as synth_command
 from cvloc.data.synthetic import generate_pair
 
 PRESETS = ("kitti-small", "kitti", "vigor-small", "vigor")
-RESULTS = Path(__file__).parent / "results" / "synth_speed.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_generation(preset: str, num: int) -> dict:
@@ -147,10 +136,8 @@ def main() -> None:
         f"({writing['bytes_per_pair'] / 1e3:.0f} kB/pair); `cvloc synth` end to end "
         f"{writing['cvloc_synth_pairs_per_s']:.2f} pairs/s"
     )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     result = {**presets, "cvloc_synth_write": writing, "machine": machine}
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\nwrote {RESULTS}")
+    write_json(RESULTS / "synth_speed.json", result)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from cvloc.checkpoint import (
     CheckpointError,
     check_same_model,
     export_weights,
+    init_weights,
     load_checkpoint,
     load_model,
     resolve_checkpoint,
@@ -102,6 +103,48 @@ def test_weights_of_another_architecture_name_the_keys(tmp_path, cfg):
     assert "shape mismatch" in message
     assert "ground_encoder.proj.weight" in message
     assert "missing (1): refine.block.0.bias" in message
+
+
+def test_init_modules_fill_only_the_named_modules(checkpoint, cfg):
+    # FineMatch with DenseFlow's encoder widths starts from a DenseFlow's encoders and
+    # RefineBlock; its own heads keep their initialisation.
+    path, denseflow = checkpoint
+    dcfg = cfg.model.denseflow
+    fm_cfg = load_config(
+        "overfit",
+        [
+            "model.method=finematch",
+            f"model.finematch.feat_dim={dcfg.out_dim}",
+            f"model.finematch.encoder.base_channels={dcfg.encoder.base_channels}",
+            f"model.finematch.encoder.blocks_per_stage={list(dcfg.encoder.blocks_per_stage)}",
+        ],
+    )
+    torch.manual_seed(1)
+    finematch = build_model(fm_cfg.model)
+    before = {k: v.clone() for k, v in finematch.state_dict().items()}
+    init_weights(finematch, path, ["ground_encoder", "satellite_encoder", "bev_refine=refine"])
+    source = denseflow.state_dict()
+    for key, value in finematch.state_dict().items():
+        module, rest = key.split(".", 1)
+        if module in ("ground_encoder", "satellite_encoder"):
+            assert torch.equal(value, source[key]), key
+        elif module == "bev_refine":
+            assert torch.equal(value, source[f"refine.{rest}"]), key
+        else:
+            assert torch.equal(value, before[key]), key
+
+
+def test_init_modules_errors_name_the_module(checkpoint):
+    path, _ = checkpoint
+    model = build_model(load_config("overfit", ["model.denseflow.out_dim=24"]).model)
+    with pytest.raises(CheckpointError, match=r"last\.pt .*the model has no module 'nope'"):
+        init_weights(model, path, ["nope"])
+    with pytest.raises(CheckpointError, match=r"the file has no module 'nope'"):
+        init_weights(model, path, ["refine=nope"])
+    with pytest.raises(CheckpointError, match=r"\['ground_encoder'\] do not fit.*shape mismatch"):
+        init_weights(model, path, ["ground_encoder"])
+    # The unrelated modules may differ: only the named ones must fit.
+    init_weights(model, path, ["context_encoder"])
 
 
 def test_resume_refuses_another_model_config(cfg):

@@ -171,14 +171,19 @@ class TestMatchPrecision:
     def test_hand_case_top4(self):
         # #1 has no GT and is dropped before ranking: judged #0, #2, #3, #4, errors
         # 5, 10, 12, 20: P@5 = 1/4 (5 <= 5 counts), P@10 = 2/4, P@15 = 3/4. Of the top 4 of
-        # all matches (#1, #0, #2, #3), 3 have a GT.
+        # all matches (#1, #0, #2, #3), 3 have a GT. The confident ones (score >= 0.5) with
+        # a GT are #0, #2, #3, #4: the same errors.
         out = match_precision(self.PRED, self.GT, self.SCORES, top_k=4)
         assert out == {
             "match_precision_5px": 0.25,
             "match_precision_10px": 0.5,
             "match_precision_15px": 0.75,
+            "match_precision_confident_5px": 0.25,
+            "match_precision_confident_10px": 0.5,
+            "match_precision_confident_15px": 0.75,
             "match_valid_fraction": 0.75,
             "match_num_evaluated": 4,
+            "match_num_confident": 4,
         }
 
     def test_hand_case_default_top30(self):
@@ -189,6 +194,16 @@ class TestMatchPrecision:
         assert out["match_precision_15px"] == pytest.approx(0.8)
         assert out["match_valid_fraction"] == pytest.approx(5 / 6)
         assert out["match_num_evaluated"] == 5
+        # The confident set does not depend on k: #5 (err 0, score 0.1) is not confident.
+        assert out["match_precision_confident_5px"] == pytest.approx(0.25)
+        assert out["match_num_confident"] == 4
+        # A stricter confidence keeps #1 (no GT) and #0 (err 5) only.
+        strict = match_precision(self.PRED, self.GT, self.SCORES, confident_score=0.85)
+        assert strict["match_precision_confident_5px"] == 1.0
+        assert strict["match_num_confident"] == 1
+        none = match_precision(self.PRED, self.GT, self.SCORES, confident_score=0.99)
+        assert math.isnan(none["match_precision_confident_15px"])
+        assert none["match_num_confident"] == 0
 
     def test_custom_thresholds_and_ties(self):
         # Equal scores keep the input order: top-1 is #0 (err 1), not #1 (err 0).
@@ -214,20 +229,32 @@ class TestMatchPrecision:
             match_precision(self.PRED, self.GT, self.SCORES),
             match_precision([[0, 0]], [[np.nan, np.nan]], [1.0]),
         ]
-        out = aggregate_match_precision(samples)
+        samples.append(match_precision(self.PRED, self.GT, self.SCORES, confident_score=0.85))
+        out = aggregate_match_precision(samples[:3])
         assert list(out) == [
             "match_precision_5px",
             "match_precision_10px",
             "match_precision_15px",
             "match_valid_fraction",
+            "match_precision_confident_5px",
+            "match_precision_confident_10px",
+            "match_precision_confident_15px",
             "match_num_samples",
+            "match_num_confident",
         ]
         assert out["match_precision_5px"] == pytest.approx(0.325)
         assert out["match_precision_10px"] == pytest.approx(0.55)
         assert out["match_precision_15px"] == pytest.approx(0.775)
         assert out["match_valid_fraction"] == pytest.approx((0.75 + 5 / 6) / 3)
         assert out["match_num_samples"] == 2
-        nothing = aggregate_match_precision(samples[2:])
+        # Confident matches pool: 4 + 4 + 0 matches, P@5 (1 + 1) / 8.
+        assert out["match_precision_confident_5px"] == pytest.approx(0.25)
+        assert out["match_num_confident"] == pytest.approx(8 / 3)
+        # With the strict sample's single (correct) match: P@5 (1 + 1 + 1) / 9.
+        mixed = aggregate_match_precision(samples)
+        assert mixed["match_precision_confident_5px"] == pytest.approx(3 / 9)
+        assert mixed["match_precision_5px"] == pytest.approx((0.25 + 0.4 + 0.4) / 3)
+        nothing = aggregate_match_precision(samples[2:3])
         assert math.isnan(nothing["match_precision_5px"]) and nothing["match_num_samples"] == 0
 
     def test_exceptions(self):
@@ -278,6 +305,12 @@ class TestFormatMetricsTable:
         assert match_lines[0] == "| Method | P@5px (%) | P@10px (%) | Top-k with GT (%) |"
         assert match_lines[2] == "| A | 25.00 | 50.00 | - |"
         assert match_lines[3] == "| B | - | - | 90.00 |"
+        c = {**a, "match_precision_confident_5px": 0.5, "match_num_confident": 12.5}
+        header, _, row = format_metrics_table({"C": c}).strip().split("\n\n")[1].splitlines()
+        assert header == (
+            "| Method | P@5px (%) | P@10px (%) | confident P@5px (%) | Confident per pair |"
+        )
+        assert row == "| C | 25.00 | 50.00 | 50.00 | 12.50 |"
 
 
 def test_metrics_to_json_is_strict():

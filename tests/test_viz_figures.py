@@ -1,4 +1,4 @@
-"""Prediction figures (DenseFlow Fig. 4 and 5 analogues) and their helpers in cvloc.viz."""
+"""Prediction figures (DenseFlow Fig. 4 and 5 analogues) and their helpers."""
 
 from pathlib import Path
 
@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from cvloc import viz
+from cvloc import viz_prediction as viz
 from cvloc.config import load_config
 from cvloc.data.batch import collate
 from cvloc.data.pairs import pair_to_item
@@ -111,17 +111,21 @@ def test_localization_figure(item: dict, pred: dict, tmp_path: Path) -> None:
     titles = [ax.get_title() for ax in fig.axes]
     assert any(t.startswith("errors: tiny:") for t in titles)
     assert {"BEV at the prior pose", "satellite: matching inliers"} <= set(titles)
-    path = viz.plot_localization(item, pred, tmp_path / "sub" / "loc.png", method="tiny")
+    path = viz.plot_prediction(
+        "localization", item, pred, tmp_path / "sub" / "loc.png", method="tiny"
+    )
     rgb = _check_png(path)
     assert rgb.shape[1] > rgb.shape[0]  # ground + matches on the left, satellite right
 
 
 def test_confidence_figure(item: dict, pred: dict, tmp_path: Path) -> None:
-    path = viz.plot_confidence(item, pred, tmp_path / "conf.png")
+    path = viz.plot_prediction("confidence", item, pred, tmp_path / "conf.png")
     _check_png(path)
     # A method without a confidence map (e.g. the classical baseline) still gets one.
     no_conf = {k: v for k, v in pred.items() if k != "confidence_iters"}
-    _check_png(viz.plot_confidence(item, no_conf, tmp_path / "c2.png", "weights"))
+    _check_png(viz.plot_prediction("confidence", item, no_conf, tmp_path / "c2.png", "weights"))
+    with pytest.raises(ValueError, match="kind must be one of"):
+        viz.plot_prediction("flow", item, pred, tmp_path / "f.png")
 
 
 def test_draw_match_markers_shapes_follow_the_threshold() -> None:

@@ -23,7 +23,7 @@ import json
 import os
 import pickle
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -182,22 +182,50 @@ def read_model_state(
     return path, state, config_dict
 
 
-def init_weights(model: nn.Module, name_or_path: str | os.PathLike) -> None:
+def init_weights(
+    model: nn.Module, name_or_path: str | os.PathLike, modules: Sequence[str] = ()
+) -> None:
     """Fill a freshly built model with the weights of a checkpoint (``train.init_from``).
 
-    The file's architecture must be the model's: every tensor name and shape must match.
+    Without ``modules`` the file's architecture must be the model's: every tensor name and
+    shape must match. With ``modules`` only those sub-modules are filled, each one whole
+    (every tensor of it, same shapes), from the same-named sub-module of the file or, for
+    an entry ``"dst=src"``, from the file's ``src``: a FineMatch can start from the
+    encoders a DenseFlow pre-trained (``ground_encoder``, ``bev_refine=refine``).
 
     Args:
         model: the model to fill.
         name_or_path: checkpoint, weights file or shipped weights name.
+        modules: names of the model's top-level sub-modules to fill (``()``: all of it).
 
     Raises:
         FileNotFoundError: see :func:`resolve_checkpoint`.
-        CheckpointError: corrupt file, or weights of another architecture (the message
-            lists the mismatching keys).
+        CheckpointError: corrupt file, weights of another architecture, or a module
+            missing on either side (the message lists the mismatching keys).
     """
     path, state, _ = read_model_state(name_or_path)
-    load_state_dict_strict(model, state, f"{path} (train.init_from)")
+    source = f"{path} (train.init_from)"
+    if not modules:
+        load_state_dict_strict(model, state, source)
+        return
+    own = model.state_dict()
+    wanted: dict[str, torch.Tensor] = {}
+    picked: dict[str, torch.Tensor] = {}
+    for entry in modules:
+        dst, _, src = entry.partition("=")
+        src = src or dst
+        dst_keys = {k: v for k, v in own.items() if k.startswith(f"{dst}.")}
+        src_keys = {dst + k[len(src) :]: v for k, v in state.items() if k.startswith(f"{src}.")}
+        if not dst_keys:
+            raise CheckpointError(f"{source}: the model has no module {dst!r}")
+        if not src_keys:
+            raise CheckpointError(f"{source}: the file has no module {src!r} (for {entry!r})")
+        wanted.update(dst_keys)
+        picked.update(src_keys)
+    problems = _mismatches(wanted, picked)
+    if problems:
+        raise CheckpointError(f"{source}: modules {list(modules)} do not fit; {problems}")
+    model.load_state_dict(picked, strict=False)
 
 
 def load_state_dict_strict(
@@ -213,7 +241,14 @@ def load_state_dict_strict(
     Raises:
         CheckpointError: missing keys, unexpected keys or shape mismatches.
     """
-    own = model.state_dict()
+    problems = _mismatches(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"{source}: weights of another architecture or config; {problems}")
+    model.load_state_dict(state, strict=True)
+
+
+def _mismatches(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor]) -> str:
+    """Missing keys, unexpected keys and shape mismatches of ``state`` against ``own``."""
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     shapes = [
@@ -221,16 +256,12 @@ def load_state_dict_strict(
         for k in sorted(set(own) & set(state))
         if state[k].shape != own[k].shape
     ]
-    if missing or unexpected or shapes:
-        problems = []
-        for label, items in (("missing", missing), ("unexpected", unexpected),
-                             ("shape mismatch", shapes)):  # fmt: skip
-            if items:
-                problems.append(f"{label} ({len(items)}): {_preview(items)}")
-        raise CheckpointError(
-            f"{source}: weights of another architecture or config; " + "; ".join(problems)
-        )
-    model.load_state_dict(state, strict=True)
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected),
+                         ("shape mismatch", shapes)):  # fmt: skip
+        if items:
+            problems.append(f"{label} ({len(items)}): {_preview(items)}")
+    return "; ".join(problems)
 
 
 def export_weights(

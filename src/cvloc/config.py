@@ -162,6 +162,9 @@ class TrainConfig:
             place of the paper's ImageNet initialisation.
         init_from: start from the model weights of this checkpoint or weights file (name
             or path; not its optimizer state or step: that is ``resume``).
+        init_modules: fill only these top-level sub-modules from ``init_from`` (``"name"``
+            or ``"name=file_name"``; empty: the whole model, same architecture), e.g.
+            FineMatch's encoders from a DenseFlow feature pre-training.
         amp: autocast + gradient scaling on CUDA (ignored on CPU).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         num_threads: CPU threads for torch (None keeps torch's default).
@@ -199,6 +202,7 @@ class TrainConfig:
     align_radius: int = 8
     objective: str = "localizer"
     init_from: str | None = None
+    init_modules: list[str] = field(default_factory=list)
     amp: bool = False
     device: str = "auto"
     num_threads: int | None = None
@@ -225,6 +229,8 @@ class TrainConfig:
             raise ValueError(f"train.objective: one of {OBJECTIVES}, got {self.objective!r}")
         if min(self.corr_loss_weight, self.align_loss_weight, self.align_radius) < 0:
             raise ValueError("train.corr_loss_weight, align_loss_weight, align_radius: >= 0")
+        if self.init_modules and self.init_from is None:
+            raise ValueError("train.init_modules needs train.init_from (the file to read)")
         if self.objective == "features" and not (self.corr_loss_weight or self.align_loss_weight):
             raise ValueError(
                 "train.objective=features needs train.corr_loss_weight or "

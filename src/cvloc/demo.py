@@ -286,7 +286,7 @@ def _figures(
 ) -> list[Path]:
     """Fig. 4 and Fig. 5 analogues of the first ``num`` pairs."""
     try:
-        from cvloc.viz import plot_confidence, plot_localization
+        from cvloc.viz_prediction import plot_prediction
     except ImportError as exc:
         print(f"no figures: {exc}")
         return []
@@ -296,6 +296,7 @@ def _figures(
         item = dataset[index]
         with torch.inference_mode():
             pred = classical_preds[index] if denseflow is None else denseflow(collate([item]))
-        paths.append(plot_localization(item, pred, out / f"localization_{index:06d}.png", method))
-        paths.append(plot_confidence(item, pred, out / f"confidence_{index:06d}.png", method))
+        for kind in ("localization", "confidence"):
+            path = out / f"{kind}_{index:06d}.png"
+            paths.append(plot_prediction(kind, item, pred, path, method))
     return paths

@@ -30,6 +30,9 @@ RECALL_THRESHOLDS_M: tuple[int, ...] = (1, 3, 5)
 RECALL_THRESHOLDS_DEG: tuple[int, ...] = (1, 3, 5)
 MATCH_THRESHOLDS_PX: tuple[float, ...] = (5, 10, 15)
 MATCH_TOP_K = 30
+# A match scoring at least this is "confident": DenseFlow's confidence (eq. 5) and
+# FineMatch's dual-softmax coupling mass are both probabilities in [0, 1].
+MATCH_CONFIDENT_SCORE = 0.5
 
 
 def localization_errors(
@@ -126,8 +129,9 @@ def match_precision(
     scores: ArrayLike,
     top_k: int = MATCH_TOP_K,
     thresholds_px: Sequence[float] = MATCH_THRESHOLDS_PX,
+    confident_score: float = MATCH_CONFIDENT_SCORE,
 ) -> dict[str, float | int]:
-    """CVFM-style precision of one sample's top-k matches.
+    """CVFM-style precision of one sample's top-k matches, and of all its confident ones.
 
     Matches whose ground point has no GT (a NaN or infinite row of ``gt_sat_uv``: the point
     is not visible from above) cannot be judged, so they are removed *before* ranking and
@@ -144,11 +148,14 @@ def match_precision(
         scores: (M,) match confidences; higher ranks first.
         top_k: number of matches judged.
         thresholds_px: pixel thresholds.
+        confident_score: matches scoring at least this are confident.
 
     Returns:
         ``match_precision_{T}px`` per threshold T (formatted with ``:g``, e.g. ``5px``),
-        ``match_valid_fraction``: floats in [0, 1], NaN when undefined (no judgeable
-        match, or M = 0); ``match_num_evaluated``: the number of matches judged (int).
+        ``match_precision_confident_{T}px`` (the same over all judgeable confident
+        matches, however many), ``match_valid_fraction``: floats in [0, 1], NaN when
+        undefined (no judgeable match, or M = 0); ``match_num_evaluated``: the number of
+        top-k matches judged, ``match_num_confident``: of confident matches judged (ints).
 
     Raises:
         ValueError: on wrong shapes, differing M, non-finite predictions or scores,
@@ -174,8 +181,13 @@ def match_precision(
     out: dict[str, float | int] = {}
     for thr in thresholds_px:
         out[f"match_precision_{thr:g}px"] = _mean_or_nan(err <= thr)
+    confident = has_gt & (score >= confident_score)
+    err_confident = np.linalg.norm(pred[confident] - gt[confident], axis=-1)
+    for thr in thresholds_px:
+        out[f"match_precision_confident_{thr:g}px"] = _mean_or_nan(err_confident <= thr)
     out["match_valid_fraction"] = _mean_or_nan(has_gt[order[:top_k]])
     out["match_num_evaluated"] = len(judged)
+    out["match_num_confident"] = int(confident.sum())
     return out
 
 
@@ -184,34 +196,46 @@ def aggregate_match_precision(
 ) -> dict[str, float | int]:
     """Dataset match precision: the mean of the per-sample values where they are defined.
 
-    Precisions average over the samples with at least one judgeable match: the others
-    (NaN precision) are left out rather than counted as 0, and ``match_num_samples`` says
-    how many were averaged, so abstentions stay visible. ``match_valid_fraction`` averages
-    over all samples with at least one match (a sample without any GT counts as 0).
+    Top-k precisions average over the samples with at least one judgeable match: the
+    others (NaN precision) are left out rather than counted as 0, and ``match_num_samples``
+    says how many were averaged, so abstentions stay visible. ``match_valid_fraction``
+    averages over all samples with at least one match (a sample without any GT counts as
+    0). The confident precisions pool all confident matches of all samples (a sample
+    weighs by its number of them), and ``match_num_confident`` is their mean per sample.
 
     Args:
         per_sample: outputs of :func:`match_precision`, one per sample.
 
     Returns:
-        ``match_precision_{T}px`` and ``match_valid_fraction`` means (NaN when no sample
-        has a defined value) and ``match_num_samples`` (int).
+        ``match_precision_{T}px``, ``match_precision_confident_{T}px`` and
+        ``match_valid_fraction`` (NaN when no sample has a defined value),
+        ``match_num_samples`` (int) and ``match_num_confident`` (float).
 
     Raises:
         ValueError: when ``per_sample`` is empty.
     """
     if len(per_sample) == 0:
         raise ValueError("aggregate_match_precision needs at least one sample, got 0")
-    keys = sorted(
-        {k for d in per_sample for k in d if k.startswith("match_precision_")},
-        key=_threshold_of,
-    )
+    names = {k for d in per_sample for k in d if k.startswith("match_precision_")}
+    pooled = sorted((k for k in names if k.startswith(_CONFIDENT)), key=_threshold_of)
+    keys = sorted(names - set(pooled), key=_threshold_of)
     out: dict[str, float | int] = {}
     for key in [*keys, "match_valid_fraction"]:
         values = [float(d[key]) for d in per_sample if key in d and math.isfinite(d[key])]
         out[key] = float(np.mean(values)) if values else math.nan
+    counts = np.array([d.get("match_num_confident", 0) for d in per_sample], dtype=np.float64)
+    for key in pooled:
+        values = np.array([float(d.get(key, math.nan)) for d in per_sample])
+        used = counts > 0
+        total = counts[used].sum()
+        out[key] = float((values[used] * counts[used]).sum() / total) if total else math.nan
     out["match_num_samples"] = sum(1 for d in per_sample if d.get("match_num_evaluated", 0) > 0)
+    if pooled:
+        out["match_num_confident"] = float(counts.mean())
     return out
 
+
+_CONFIDENT = "match_precision_confident_"
 
 # Table 1 of DenseFlow: (header, key, kind) with kind "m" (2 decimals) or "%" (x100).
 _LOCALIZATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -236,7 +260,8 @@ def format_metrics_table(
     R@1/3/5 m (%), azimuth mean/median (deg) and R@1/3/5 deg (%). Recalls (fractions) are
     shown as percentages, everything with 2 decimals; a missing, None or non-finite value
     shows as "-". When any result has ``match_precision_*`` keys, a second table lists
-    them (and ``match_valid_fraction``) as percentages.
+    them (top-k, then confident; and ``match_valid_fraction``) as percentages, and the
+    mean number of confident matches per pair.
 
     Args:
         results: method name -> metrics dict, or a list of (name, metrics) pairs (keeps
@@ -250,12 +275,15 @@ def format_metrics_table(
     blocks = [f"**{title}**"] if title else []
     blocks.append(_markdown_table(rows, _LOCALIZATION_COLUMNS))
     match_keys = sorted(
-        {k for _, m in rows for k in m if k.startswith("match_precision_")}, key=_threshold_of
+        {k for _, m in rows for k in m if k.startswith("match_precision_")},
+        key=lambda k: (k.startswith(_CONFIDENT), _threshold_of(k)),
     )
     if match_keys:
-        columns = [(f"P@{k.removeprefix('match_precision_')} (%)", k, "%") for k in match_keys]
+        columns = [(_match_header(k), k, "%") for k in match_keys]
         if any("match_valid_fraction" in m for _, m in rows):
             columns.append(("Top-k with GT (%)", "match_valid_fraction", "%"))
+        if any("match_num_confident" in m for _, m in rows):
+            columns.append(("Confident per pair", "match_num_confident", "m"))
         blocks.append(_markdown_table(rows, columns))
     return "\n\n".join(blocks) + "\n"
 
@@ -283,10 +311,18 @@ def _format_value(value: float | int | None, kind: str) -> str:
     return f"{100.0 * value:.2f}" if kind == "%" else f"{value:.2f}"
 
 
+def _match_header(key: str) -> str:
+    """Column header of a ``match_precision_[confident_]{T}px`` key: "[confident ]P@{T}px"."""
+    prefix = "confident " if key.startswith(_CONFIDENT) else ""
+    return f"{prefix}P@{key.rsplit('_', 1)[1]} (%)"
+
+
 def _threshold_of(key: str) -> float:
-    """Numeric threshold of a ``match_precision_{T}px`` key, for sorting 5 < 10 < 15."""
+    """Numeric threshold of a ``match_precision_[confident_]{T}px`` key, to sort 5 < 15."""
     try:
-        return float(key.removeprefix("match_precision_").removesuffix("px"))
+        return float(
+            key.removeprefix(_CONFIDENT).removeprefix("match_precision_").removesuffix("px")
+        )
     except ValueError:
         return math.inf
 

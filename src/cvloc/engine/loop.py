@@ -99,9 +99,10 @@ class Trainer:
         _seed_everything(tc.seed)
         self.unwrapped = build_model(cfg.model)
         if tc.init_from is not None and not tc.resume:
-            init_weights(self.unwrapped, tc.init_from)
+            init_weights(self.unwrapped, tc.init_from, tc.init_modules)
             if info.is_main:
-                logger.info("initialised the model from %s", tc.init_from)
+                parts = ", ".join(tc.init_modules) or "all modules"
+                logger.info("initialised the model from %s (%s)", tc.init_from, parts)
         # Feature pre-training only reaches the encoders and RefineBlock; freezing the rest
         # keeps it out of the optimizer and out of DDP's gradient reduction.
         self.forward_kwargs: dict[str, Any] = {}

@@ -1,0 +1,258 @@
+"""Helpers the benchmark scripts share: paths, the machine, results files, splits, ablations.
+
+The scripts run as ``python benchmarks/NAME.py``, which puts this directory first on
+``sys.path``, so they import these as ``from common import ...``. What is here:
+
+- where results and synthetic pairs go (:data:`RESULTS`, :data:`DATA_DIR`) and the test
+  areas (:data:`AREAS`);
+- the results file: :func:`machine` (and :func:`cpu_model`), :func:`run_settings`,
+  :func:`write_json`;
+- the data and the model: :func:`synthetic_split`, :func:`load_or_exit`;
+- the scaffolding of the ablation scripts (``denseflow_ablations.py``,
+  ``finematch_ablations.py``): :func:`add_ablation_args`, :func:`budget_schedule`,
+  :func:`ablation_overrides`, :func:`markdown_table` and :func:`finish`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cvloc.checkpoint import CheckpointError, load_model
+from cvloc.data.pairs import PairsDataset
+from cvloc.demo import write_synthetic_pairs
+from cvloc.metrics import metrics_to_json
+
+RESULTS = Path(__file__).parent / "results"
+DATA_DIR = Path(__file__).parents[1] / "data" / "benchmarks"  # /data/ is git-ignored
+AREAS = ("same", "cross")
+
+
+def cpu_model() -> str:
+    """The CPU model name (``/proc/cpuinfo``; elsewhere what :mod:`platform` knows).
+
+    Returns:
+        The model name, e.g. ``"AMD EPYC"``.
+    """
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+    """The CPU model and logical CPU count (and the GPU, if any), for the results file.
+
+    Returns:
+        A one-line description.
+    """
+    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu_model()}, {os.cpu_count()} logical CPUs{gpu}"
+
+
+def run_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """The settings of a run for its results file: the options, ``extra``, machine, torch.
+
+    Args:
+        args: the parsed options (paths are stored as strings).
+        **extra: further settings, stored after the options.
+
+    Returns:
+        The settings as JSON-ready values.
+    """
+    options = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    return {**options, **extra, "machine": machine(), "torch": torch.__version__}
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write results as strict JSON: undefined metrics (NaN, inf) become null.
+
+    Args:
+        path: the file (parent directories are created).
+        data: the results.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(metrics_to_json(data))
+    print(f"wrote {path}")
+
+
+def synthetic_split(
+    preset: str, split: str, area: str, num: int, seed: int, workers: int, data_dir: Path
+) -> PairsDataset:
+    """A fixed synthetic split written once under ``data_dir`` and reused afterwards.
+
+    Args:
+        preset: synthetic preset.
+        split: ``"test"``, ``"val"`` or ``"train"``.
+        area: ``"same"`` or ``"cross"``.
+        num: number of pairs.
+        seed: world seed.
+        workers: generator processes.
+        data_dir: parent directory of the pairs directories.
+
+    Returns:
+        The pairs (``root`` is their directory).
+    """
+    out = data_dir / f"{preset}-{split}-{area}-s{seed}-n{num}"
+    return write_synthetic_pairs(out, num, seed, workers, preset, area, split)
+
+
+def load_or_exit(checkpoint: str) -> tuple[torch.nn.Module, Any]:
+    """Load a model, or print why it cannot be loaded and exit with status 2.
+
+    Args:
+        checkpoint: a weights name or a ``.pt`` / ``.safetensors`` path.
+
+    Returns:
+        (model in eval mode, its experiment config).
+    """
+    try:
+        return load_model(checkpoint)
+    except (FileNotFoundError, CheckpointError) as exc:
+        sys.exit(f"checkpoint {checkpoint!r}: {exc}")
+
+
+def add_ablation_args(
+    parser: argparse.ArgumentParser,
+    config: str,
+    runs_dir: str,
+    variants: list[str],
+    *,
+    out: str,
+    workers: int = 1,
+) -> None:
+    """Add the options every ablation script has: base config, budget, splits, output.
+
+    Args:
+        parser: the script's parser.
+        config: the default base config (a preset name).
+        runs_dir: the default parent directory of the variants' checkpoints.
+        variants: the variant names (the ``--variants`` choices; default: all).
+        out: the default results file name, in :data:`RESULTS`.
+        workers: the default number of data processes.
+    """
+    parser.add_argument("--config", default=config, help="base config")
+    parser.add_argument("--steps", type=int, default=2000, help="optimizer steps per variant")
+    parser.add_argument("--pairs", type=int, default=2000, help="training pairs")
+    parser.add_argument("--batch-size", type=int, help="pairs per step (default: config's)")
+    parser.add_argument("--num-val", type=int, default=50, help="validation pairs")
+    parser.add_argument("--num-test", type=int, default=200, help="test pairs per area")
+    parser.add_argument("--variants", nargs="+", choices=variants, default=variants, help="subset")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument(
+        "--workers", type=int, default=workers, help="pair generator / data loader processes"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--init-from",
+        metavar="WEIGHTS",
+        help="start every variant from these weights (train.init_from: a path or shipped "
+        "weights name; default: from scratch), e.g. the stage-1 feature pre-training "
+        "training/denseflow-synth-kitti-small-features/weights.safetensors",
+    )
+    parser.add_argument(
+        "--init-modules",
+        nargs="*",
+        default=[],
+        metavar="NAME",
+        help="fill only these sub-modules from --init-from (train.init_modules: NAME or "
+        "DST=SRC; default: the whole model), e.g. ground_encoder satellite_encoder, so "
+        "that variants whose architecture differs (no RefineBlock) still start from the "
+        "pre-trained encoders",
+    )
+    parser.add_argument(
+        "--runs-dir", type=Path, default=Path(runs_dir), help="checkpoints per variant"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / out, help="results JSON (and .md beside it)"
+    )
+
+
+def budget_schedule(args: argparse.Namespace, batch_size: int) -> tuple[int, int]:
+    """The epochs of a ``--steps`` budget over ``--pairs`` training pairs.
+
+    Args:
+        args: the options (``steps``, ``pairs``).
+        batch_size: pairs per step.
+
+    Returns:
+        (epochs, steps per epoch): one pass over the pairs per epoch, at most ``--steps``.
+    """
+    per_epoch = max(1, min(args.steps, args.pairs // batch_size))
+    return math.ceil(args.steps / per_epoch), per_epoch
+
+
+def ablation_overrides(args: argparse.Namespace, batch_size: int, out_dir: Path) -> list[str]:
+    """Config overrides every ablation variant shares: schedule, batch, output, start weights.
+
+    The schedule keeps the preset's shape scaled to the budget (:func:`budget_schedule`,
+    warm-up over 5 % of the steps); no images are logged. ``--init-from`` and
+    ``--init-modules`` become ``train.init_from`` and ``train.init_modules``.
+
+    Args:
+        args: the options of :func:`add_ablation_args`.
+        batch_size: pairs per step.
+        out_dir: the variant's output directory.
+
+    Returns:
+        Dotlist overrides (the script adds its data source and variant switches).
+    """
+    epochs, per_epoch = budget_schedule(args, batch_size)
+    overrides = [
+        f"data.num_val={args.num_val}",
+        f"data.batch_size={batch_size}",
+        f"train.epochs={epochs}",
+        f"train.steps_per_epoch={per_epoch}",
+        f"train.warmup_steps={epochs * per_epoch // 20}",
+        f"train.num_threads={args.threads}",
+        f"train.log_every={min(50, args.steps)}",
+        "train.image_every=0",
+        f"train.out_dir={out_dir}",
+    ]
+    if args.init_from:
+        overrides.append(f"train.init_from={args.init_from}")
+    if args.init_modules:  # without --init-from, the config check says what is missing
+        overrides.append(f"train.init_modules=[{','.join(args.init_modules)}]")
+    return overrides
+
+
+def markdown_table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
+    """A Markdown table: a ``Model`` column of labels, then right-aligned value columns.
+
+    Args:
+        head: the headers of the value columns.
+        rows: (label, cells) per row, one cell per header.
+
+    Returns:
+        The table, with a final newline.
+    """
+    lines = ["| Model | " + " | ".join(head) + " |", "|:--|" + "--:|" * len(head)]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    return "\n".join(lines) + "\n"
+
+
+def finish(
+    args: argparse.Namespace, preset: str, variants: dict[str, dict[str, Any]], text: str
+) -> None:
+    """Print an ablation table and write the results JSON and the table (``.md``) beside it.
+
+    Args:
+        args: the options of :func:`add_ablation_args` (``out``: the JSON).
+        preset: the synthetic preset, for the heading.
+        variants: result name -> its results (label, overrides, metrics per area, ...).
+        text: the Markdown table.
+    """
+    print(f"\n**{preset}, {args.steps} steps on {args.pairs} pairs, {args.num_test} test pairs**")
+    print(text)
+    write_json(args.out, {"settings": run_settings(args), "variants": variants})
+    args.out.with_suffix(".md").write_text(text)
