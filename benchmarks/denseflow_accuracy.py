@@ -12,10 +12,12 @@ Table 1 protocol. The pairs are written once per area to ``--data-dir`` as ``cvl
 with ``--threads`` torch threads, the classical search in ``--workers`` single-thread
 processes (:func:`cvloc.demo.evaluate_classical`).
 
-Prints Table 1 per area and writes ``benchmarks/results/denseflow_accuracy.json``
-({"settings", "same": {method: metrics JSON}, "cross": ...}) and the Markdown tables beside
-it (``.md``). The helpers it uses (paths, pairs, model loading, the results file) are in
-``common.py``, shared by the benchmark scripts.
+``--methods`` runs a subset (e.g. ``--methods prior DenseFlow`` for a new checkpoint, with
+``--out`` naming another file). Prints Table 1 per area and writes
+``benchmarks/results/denseflow_accuracy.json`` ({"settings", "same": {method: metrics
+JSON}, "cross": ...}) and the Markdown tables beside it (``.md``). The helpers it uses
+(paths, pairs, model loading, the results file) are in ``common.py``, shared by the
+benchmark scripts.
 """
 
 from __future__ import annotations
@@ -32,6 +34,29 @@ from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
 from cvloc.models.baselines import PriorBaseline
 
+METHODS = ("prior", "classical", "DenseFlow")
+
+
+def run_method(
+    name: str, pairs: Any, model: torch.nn.Module, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The metrics JSON of one method of :data:`METHODS` on a pairs directory's dataset.
+
+    Args:
+        name: ``prior``, ``classical`` or ``DenseFlow``.
+        pairs: the :class:`cvloc.data.pairs.PairsDataset`.
+        model: the DenseFlow model.
+        args: the options (``workers``, ``checkpoint``).
+
+    Returns:
+        The method's metrics.
+    """
+    if name == "prior":
+        return evaluate(PriorBaseline(), pairs, progress=False, method="prior")
+    if name == "classical":
+        return evaluate_classical(pairs.root, args.workers)[0]
+    return evaluate(model, pairs, method="DenseFlow", checkpoint=args.checkpoint)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(
@@ -43,6 +68,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="processes: pairs, classical")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for DenseFlow")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="subset to run"
+    )
     parser.add_argument(
         "--out", type=Path, default=RESULTS / "denseflow_accuracy.json", help="results JSON"
     )
@@ -59,6 +87,7 @@ def main() -> None:
             "checkpoint_preset": cfg.data.preset,
             "threads": args.threads,
             "classical_workers": args.workers,
+            "methods": args.methods,
             "machine": machine(),
             "torch": torch.__version__,
         }
@@ -69,9 +98,7 @@ def main() -> None:
             "kitti-small", "test", area, args.num, args.seed, args.workers, args.data_dir
         )
         results[area] = {
-            "prior": evaluate(PriorBaseline(), pairs, progress=False, method="prior"),
-            "classical": evaluate_classical(pairs.root, args.workers)[0],
-            "DenseFlow": evaluate(model, pairs, method="DenseFlow", checkpoint=args.checkpoint),
+            name: run_method(name, pairs, model, args) for name in METHODS if name in args.methods
         }
         title = f"kitti-small test, {area} area, {args.num} pairs, seed {args.seed}"
         tables.append(format_metrics_table(results[area], title=title))
