@@ -169,6 +169,34 @@ class TestTotal:
         expected = parts["matching"] + 3 * parts["height"]
         assert total_heavy.item() == pytest.approx(expected.item(), rel=1e-5)
 
+    def test_alignment_term_prefers_the_gt_alignment(self):
+        # GT: every BEV cell one cell east of where the prior puts it. A similarity peaked
+        # at the GT cells has a small alignment loss, one peaked at the unmoved cells (the
+        # prior's alignment) a large one; the term is off (0) by default.
+        batch = poses((STRIDE, 0.0))
+        n = torch.arange(H * W)
+        east = torch.where(n % W < W - 1, n + 1, n)
+        peaked = torch.full((2, H * W, H * W), -5.0)
+        peaked[:, n, east] = 5.0
+        unmoved = torch.full((2, H * W, H * W), -5.0)
+        unmoved[:, n, n] = 5.0
+        _, parts = finematch_loss({**fake_prediction(batch), "similarity": peaked}, batch,
+                                  TrainConfig(), epoch=0)  # fmt: skip
+        assert parts["alignment"] == 0
+        on = TrainConfig(finematch=FineMatchLossConfig(align_weight=2.0, align_radius=2))
+        losses = {}
+        for name, sim in (("gt", peaked), ("prior", unmoved)):
+            pred = {**fake_prediction(batch), "similarity": sim.clone().requires_grad_()}
+            total, parts = finematch_loss(pred, batch, on, epoch=0)
+            expected = parts["matching"] + parts["pose"] + 2 * parts["alignment"]
+            assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+            total.backward()
+            assert pred["similarity"].grad.abs().sum() > 0
+            losses[name] = parts["alignment"].item()
+        assert losses["gt"] < 0.1 < 2.0 < losses["prior"]
+        with pytest.raises(ValueError, match="align_radius"):
+            FineMatchLossConfig(align_radius=-1)
+
     def test_height_is_skipped_without_heights_or_bins(self):
         batch = poses()
         _, parts = finematch_loss(fake_prediction(batch), batch, TrainConfig(), epoch=0)

@@ -131,10 +131,7 @@ def alignment_loss(
 ) -> torch.Tensor:
     """InfoNCE of the ground-truth alignment of the whole BEV against its rigid shifts.
 
-    Scores: :func:`cvloc.models.corr.shifted_match_scores` of the visible cells at their
-    :func:`ground_truth_cells`, for every shift in [-radius, radius]^2; the positive is
-    shift 0. Cells whose target leaves the grid still count (they score 0 there, as
-    at any shift that leaves it).
+    :func:`alignment_loss_at` with the targets of :func:`ground_truth_cells`.
 
     Args:
         correlation: (B, H W, H2 W2) level-0 correlation of BEV and satellite cells.
@@ -146,7 +143,33 @@ def alignment_loss(
     Returns:
         Scalar mean cross-entropy over the samples with a visible cell (0 when none has).
     """
-    targets = ground_truth_cells(gt_flow, stride)
+    return alignment_loss_at(
+        correlation, feature_valid, ground_truth_cells(gt_flow, stride), radius
+    )
+
+
+def alignment_loss_at(
+    correlation: torch.Tensor, feature_valid: torch.Tensor, targets: torch.Tensor, radius: int
+) -> torch.Tensor:
+    """InfoNCE of the alignment of the visible BEV cells at ``targets`` against its shifts.
+
+    Scores: :func:`cvloc.models.corr.shifted_match_scores` of the visible cells at their
+    targets, for every shift in [-radius, radius]^2; the positive is shift 0. Cells whose
+    target leaves the grid still count (they score 0 there, as at any shift that leaves
+    it). Serves DenseFlow's correlation and FineMatch's similarity alike.
+
+    Convention: targets in satellite feature cells, (x, y) = (column, row), integer values
+    at cell centres.
+
+    Args:
+        correlation: (B, H W, H2 W2) scores of BEV cells against satellite cells.
+        feature_valid: (B, H, W) BEV cells seen by the camera.
+        targets: (B, 2, H, W) the satellite cell each BEV cell truly lies on.
+        radius: the largest negative shift along each axis, in cells.
+
+    Returns:
+        Scalar mean cross-entropy over the samples with a visible cell (0 when none has).
+    """
     scores = shifted_match_scores(
         correlation, tuple(targets.shape[-2:]), targets, feature_valid, radius
     )

@@ -20,6 +20,12 @@ against a satellite-derived height). Our choices:
   the pose loss (the coupling mass is the Procrustes weight).
 - **Pose (VCE).** Mean distance (metres) between a grid of virtual points around the
   prior camera moved by the predicted and by the GT prior -> pose motion (FG2's L_VCE).
+- **Alignment (optional, ours).** The alignment InfoNCE of DenseFlow's feature
+  pre-training (:func:`cvloc.losses_aux.alignment_loss_at`) on the refined similarity: the
+  mean score of all seen BEV cells at their GT cells must beat the same mean at every
+  rigid shift within ``align_radius`` cells. The per-cell InfoNCE alone barely leaves
+  chance (log M) on a CPU budget; the whole-BEV term gives the descriptors a signal from
+  the first steps, as it did DenseFlow's encoders (``training/README.md``).
 - **Height.** ``sat_height_m`` (top-most surface height per satellite pixel) at each
   cell's GT location, nearest pixel (no blending of a roof with the street beside it);
   cross-entropy of the bin softmax against a Gaussian over the bins at the clamped
@@ -41,7 +47,7 @@ from cvloc.data.batch import camera_xy
 from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
 from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d, wrap_deg
-from cvloc.losses_aux import masked_mean
+from cvloc.losses_aux import alignment_loss_at, masked_mean
 from cvloc.models.matching import NO_MATCH_SCORE
 
 if TYPE_CHECKING:
@@ -52,7 +58,8 @@ if TYPE_CHECKING:
 class FineMatchLossConfig:
     """Weights and settings of the FineMatch loss (``train.finematch``).
 
-    total = ``matching_weight`` L_M + ``pose_weight`` L_VCE + ``height_weight`` L_height.
+    total = ``matching_weight`` L_M + ``pose_weight`` L_VCE + ``height_weight`` L_height
+    + ``align_weight`` L_align.
     The notes give 1 for L_VCE and L_M at known orientation (L_M: 100 at unknown); the
     height weight is unpublished, ours is 1 (L_height starts near 1, L_M near log M).
 
@@ -60,6 +67,8 @@ class FineMatchLossConfig:
         matching_weight: weight of the symmetric InfoNCE.
         pose_weight: weight of the VCE (metres).
         height_weight: weight of the height cross-entropy.
+        align_weight: weight of the alignment InfoNCE (0: off, as the paper).
+        align_radius: the largest shift of its negatives, in cells.
         height_sigma_bins: sigma of the Gaussian height target, in bins.
         vce_extent_m: side of the square of virtual points around the prior camera.
         vce_points: virtual points per side.
@@ -68,14 +77,18 @@ class FineMatchLossConfig:
     matching_weight: float = 1.0
     pose_weight: float = 1.0
     height_weight: float = 1.0
+    align_weight: float = 0.0
+    align_radius: int = 8
     height_sigma_bins: float = 0.75
     vce_extent_m: float = 10.0
     vce_points: int = 10
 
     def __post_init__(self) -> None:
-        weights = (self.matching_weight, self.pose_weight, self.height_weight)
-        if min(weights) < 0 or not any(w > 0 for w in weights):
-            raise ValueError(f"loss weights must be >= 0 and not all 0, got {weights}")
+        weights = (self.matching_weight, self.pose_weight, self.height_weight, self.align_weight)
+        if min(weights) < 0 or not any(w > 0 for w in weights) or self.align_radius < 0:
+            raise ValueError(
+                f"loss weights must be >= 0 and not all 0 (and align_radius >= 0), got {self}"
+            )
         if not self.height_sigma_bins > 0 or not self.vce_extent_m > 0 or self.vce_points < 1:
             raise ValueError(f"sigma, extent and points must be positive, got {self}")
 
@@ -247,8 +260,9 @@ def finematch_loss(
 
     Returns:
         (total, parts): the scalar loss and detached scalars ``loss``, ``matching``,
-        ``pose`` (VCE, metres), ``height`` (0 when skipped), ``height_mae_m`` (mean
-        absolute surface-height error on the supervised cells, 0 when skipped),
+        ``pose`` (VCE, metres), ``height`` (0 when skipped), ``alignment`` (0 when off),
+        ``height_mae_m`` (mean absolute surface-height error on the supervised cells, 0
+        when skipped),
         ``epe_final_px`` (mean distance of the partnered cells' matches to their GT
         location, satellite pixels), ``position_m`` and ``yaw_deg`` (pose errors).
     """
@@ -273,11 +287,19 @@ def finematch_loss(
         error = (pred["match_height_m"].detach() - target_m.clamp(bins[0], bins[-1])).abs()
         height_mae = masked_mean(error, mask)
     total = fm.matching_weight * matching + fm.pose_weight * pose + fm.height_weight * height
+    align = matching.new_zeros(())
+    if fm.align_weight > 0:
+        cells = ((gt_uv + 0.5) / stride - 0.5).transpose(1, 2).unflatten(2, grid_hw)
+        align = alignment_loss_at(
+            pred["similarity"].float(), row_valid.unflatten(1, grid_hw), cells, fm.align_radius
+        )
+        total = total + fm.align_weight * align
     with torch.no_grad():
         epe = masked_mean((pred["match_dst_uv"] - gt_uv).norm(dim=-1), has_partner)
         position = (pred["camera_xy_pred"] - camera_xy(batch, "gt")).norm(dim=-1).mean()
         yaw = wrap_deg(pred["yaw_deg_pred"] - batch["yaw_deg_gt"]).abs().mean()
     parts = {"loss": total, "matching": matching, "pose": pose, "height": height}
+    parts["alignment"] = align
     parts = {k: v.detach() for k, v in parts.items()}
     parts.update(height_mae_m=height_mae, epe_final_px=epe, position_m=position, yaw_deg=yaw)
     return total, parts
