@@ -43,7 +43,6 @@ from cvloc.evaluate import lift_matches_to_ground
 from cvloc.geometry import pixel_to_world_xy, relative_rigid_2d
 
 INLIER_M = 2.0  # a match agrees with the pose when its residual is below this
-CONFIDENT_SCORE = 0.5
 FEATURE_STRIDE_PX = 8  # the encoders' output stride: the resolution of a model's estimates
 ZERO_RESIDUAL_M = 1e-3  # weighted RMS residual below which there is no evidence
 MAX_RESIZE_RATIO = 1.5  # warn when the aspect or the m/px changes more than this

@@ -21,7 +21,8 @@ import torch
 from cvloc.geometry import pixel_to_world_xy
 from cvloc.geometry.geo import pixel_to_latlon
 from cvloc.localize_inputs import Panorama
-from cvloc.localize_quality import CONFIDENT_SCORE, match_quality, pose_covariance
+from cvloc.localize_quality import match_quality, pose_covariance
+from cvloc.metrics import MATCH_CONFIDENT_SCORE
 
 CSV_HEADER = ("ground_u", "ground_v", "sat_u", "sat_v", "score")
 
@@ -190,7 +191,7 @@ def result_from_prediction(
         yaw_deg=float(pred["yaw_deg_pred"][b]),
         latlon=latlon,
         confidence=float(quality.confidence[b]),
-        num_confident_matches=int((scores >= CONFIDENT_SCORE).sum()),
+        num_confident_matches=int((scores >= MATCH_CONFIDENT_SCORE).sum()),
         covariance_m2=covariance,
         yaw_std_deg=yaw_std,
         ground_uv=to_input(quality.ground_uv[b], frame["ground_scale"])[chosen][order].numpy(),

@@ -298,8 +298,13 @@ def finematch_loss(
         epe = masked_mean((pred["match_dst_uv"] - gt_uv).norm(dim=-1), has_partner)
         position = (pred["camera_xy_pred"] - camera_xy(batch, "gt")).norm(dim=-1).mean()
         yaw = wrap_deg(pred["yaw_deg_pred"] - batch["yaw_deg_gt"]).abs().mean()
-    parts = {"loss": total, "matching": matching, "pose": pose, "height": height}
-    parts["alignment"] = align
+    parts = {
+        "loss": total,
+        "matching": matching,
+        "pose": pose,
+        "height": height,
+        "alignment": align,
+    }
     parts = {k: v.detach() for k, v in parts.items()}
     parts.update(height_mae_m=height_mae, epe_final_px=epe, position_m=position, yaw_deg=yaw)
     return total, parts

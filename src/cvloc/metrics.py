@@ -33,6 +33,7 @@ MATCH_TOP_K = 30
 # A match scoring at least this is "confident": DenseFlow's confidence (eq. 5) and
 # FineMatch's dual-softmax coupling mass are both probabilities in [0, 1].
 MATCH_CONFIDENT_SCORE = 0.5
+_CONFIDENT = "match_precision_confident_"  # key prefix of the precisions over them
 
 
 def localization_errors(
@@ -224,18 +225,15 @@ def aggregate_match_precision(
         values = [float(d[key]) for d in per_sample if key in d and math.isfinite(d[key])]
         out[key] = float(np.mean(values)) if values else math.nan
     counts = np.array([d.get("match_num_confident", 0) for d in per_sample], dtype=np.float64)
+    used, total = counts > 0, counts.sum()
     for key in pooled:
         values = np.array([float(d.get(key, math.nan)) for d in per_sample])
-        used = counts > 0
-        total = counts[used].sum()
         out[key] = float((values[used] * counts[used]).sum() / total) if total else math.nan
     out["match_num_samples"] = sum(1 for d in per_sample if d.get("match_num_evaluated", 0) > 0)
     if pooled:
         out["match_num_confident"] = float(counts.mean())
     return out
 
-
-_CONFIDENT = "match_precision_confident_"
 
 # Table 1 of DenseFlow: (header, key, kind) with kind "m" (2 decimals) or "%" (x100).
 _LOCALIZATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
