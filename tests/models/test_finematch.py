@@ -16,7 +16,7 @@ from cvloc.evaluate import evaluate, lift_matches_to_ground
 from cvloc.geometry.checks import ShapeError
 from cvloc.models import FineMatch, FineMatchConfig
 from cvloc.models.encoders import EncoderConfig
-from cvloc.models.matching import MatchingConfig
+from cvloc.models.matching import NO_MATCH_SCORE, MatchingConfig, prior_window_mask
 from cvloc.models.simrefiner import SimRefinerConfig
 from cvloc.models.surface import SurfaceConfig
 from cvloc.train import train
@@ -95,6 +95,31 @@ class TestFineMatch:
         assert torch.isfinite(out["camera_uv_pred"]).all()
         if "surface" in changes:
             assert (out["match_height_m"] == 0).all()
+
+    def test_prior_window_masks_the_coupling(self):
+        torch.manual_seed(0)
+        batch = make_batch("pinhole", B=2, sat=128)
+        batch["shift_range_m"] = torch.tensor([5.0, 0.0])  # the second: undeclared
+        batch["yaw_range_deg"] = torch.tensor([10.0, 10.0])
+        model = FineMatch(TINY).eval()
+        out = model(batch)
+        window = prior_window_mask(
+            (16, 16),
+            8,
+            batch["camera_uv_prior"],
+            batch["m_per_px"],
+            batch["shift_range_m"],
+            batch["yaw_range_deg"],
+        )
+        assert not window[0].all() and window[1].all()
+        assert (out["coupling"][:, :-1, :-1][~window] == 0).all()
+        assert (out["similarity"][~window] == NO_MATCH_SCORE).all()
+        # The switch off matches globally; a batch without the bounds is refused.
+        off = FineMatch(tiny(matching=MatchingConfig(prior_window=False))).eval()
+        off.load_state_dict(model.state_dict())
+        assert (off(batch)["coupling"][0, :-1, :-1][~window[0]] > 0).any()
+        with pytest.raises(KeyError, match="prior_window"):
+            model({k: v for k, v in batch.items() if k != "shift_range_m"})
 
     def test_ransac_solver_option(self):
         model = FineMatch(tiny(matching=MatchingConfig(solver="ransac", ransac_iters=8)))

@@ -1,5 +1,7 @@
 """Matching: descriptors, similarity, adaptive dustbin + dual softmax, matches, pose."""
 
+import math
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from cvloc.models.matching import (
     MatchingConfig,
     extract_matches,
     pose_from_matches,
+    prior_window_mask,
     similarity,
 )
 
@@ -29,6 +32,67 @@ def test_similarity_is_scaled_cosine():
     assert S.shape == (2, 9, 10)
     assert torch.allclose(S[1, 4, 7], (d_bev[1, :, 1, 1] * d_sat[1, :, 1, 2]).sum() / 0.1)
     assert S.abs().max() <= 10.0 + 1e-4
+
+
+class TestPriorWindow:
+    grid, stride, m_per_px = (12, 12), 8.0, 0.5  # 48 m x 48 m, cells of 4 m
+
+    def mask(self, shift_m, yaw_deg, cam=(40.0, 52.0)):
+        B = len(shift_m)
+        return prior_window_mask(
+            self.grid,
+            self.stride,
+            torch.tensor([cam] * B),
+            torch.full((B,), self.m_per_px),
+            torch.tensor(shift_m),
+            torch.tensor(yaw_deg),
+        )
+
+    def test_true_cells_are_always_inside(self):
+        # Independent check: move every prior-placed BEV cell by random true poses inside
+        # the bounds; the satellite cell nearest to its true position must be allowed.
+        H, W = self.grid
+        cam = torch.tensor([40.0, 52.0], dtype=torch.float64)
+        j, i = torch.meshgrid(torch.arange(W), torch.arange(H), indexing="xy")
+        uv = torch.stack([(j + 0.5) * self.stride - 0.5, (i + 0.5) * self.stride - 0.5], -1)
+        uv = uv.reshape(-1, 2).double()
+        mask = self.mask([6.0], [10.0])[0]
+        g = torch.Generator().manual_seed(0)
+        # The corners of the bounds (the worst cases), then random poses inside them.
+        extremes = [(sx, sy, d) for sx in (-1, 1) for sy in (-1, 1) for d in (-1, 1)]
+        random = (torch.rand(30, 3, generator=g, dtype=torch.float64) * 2 - 1).tolist()
+        for sx, sy, d in extremes + random:
+            shift_px = torch.tensor([sx, sy], dtype=torch.float64) * 6.0 / self.m_per_px
+            yaw = math.radians(10.0 * d)
+            R = torch.tensor([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
+            true_uv = cam + shift_px + (uv - cam) @ R.double().T
+            col = ((true_uv[:, 0] + 0.5) / self.stride - 0.5).round().long()
+            row = ((true_uv[:, 1] + 0.5) / self.stride - 0.5).round().long()
+            inside = (col >= 0) & (col < W) & (row >= 0) & (row < H)
+            n = torch.nonzero(inside)[:, 0]
+            assert mask[n, row[inside] * W + col[inside]].all()
+
+    def test_window_excludes_what_the_prior_rules_out(self):
+        mask = self.mask([2.0, 2.0, 0.0], [0.0, 180.0, 0.0])
+        H, W = self.grid
+        assert mask.shape == (3, H * W, H * W)
+        assert mask[0].diagonal().all()  # a cell's own prior position
+        # Known heading, 2 m shift: reach 2 sqrt(2) + 4 sqrt(2) = 8.5 m, about two cells.
+        assert mask[0].sum(1).max() < 0.2 * H * W
+        assert not mask[0, 0, H * W - 1]
+        # An unknown heading lets far cells swing around the camera.
+        assert mask[1].sum() > 3 * mask[0].sum()
+        assert mask[2].all()  # shift_range 0: undeclared, the whole map
+
+    def test_dustbin_gives_no_mass_outside_the_window(self):
+        g = torch.Generator().manual_seed(1)
+        S = 3 * torch.randn(1, 144, 144, generator=g)
+        valid = torch.ones(1, 144, dtype=torch.bool)
+        window = self.mask([2.0], [0.0])
+        c = AdaptiveDustbin(hidden=8, init=1.0)(S, valid, window)
+        assert (c.probs[:, :-1, :-1][~window] == 0).all()
+        assert torch.allclose(c.row_softmax.sum(2), torch.ones(1, 145), atol=1e-6)
+        assert (c.probs[:, :-1, :-1][window] > 0).all()
 
 
 class TestDustbin:

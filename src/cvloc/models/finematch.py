@@ -23,11 +23,13 @@ from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
 from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, bev_at_prior, check_batch, cuda_autocast
 from cvloc.models.matching import (
+    NO_MATCH_SCORE,
     AdaptiveDustbin,
     DescriptorHead,
     MatchingConfig,
     extract_matches,
     pose_from_matches,
+    prior_window_mask,
     similarity,
 )
 from cvloc.models.refine import RefineBlock
@@ -89,7 +91,8 @@ class FineMatch(nn.Module):
       BEV cell, with which a match is lifted to its ground-image pixel.
     - ``surface_height_m`` (B, 1, Hf, Wf), ``height_logits`` (B, Z, Hf, Wf),
       ``height_bins_m`` (Z,): the Surface Model.
-    - ``similarity`` (B, N, M): the refined similarity S'; ``coupling``
+    - ``similarity`` (B, N, M): the refined similarity S', ``NO_MATCH_SCORE`` outside
+      the prior window; ``coupling``
       (B, N + 1, M + 1): the dual-softmax coupling with the dustbin at index N / M.
     - ``bev_valid`` (B, 1, Hf, Wf): float 0/1, a cell's surface is seen by the camera;
       ``column_valid`` (B, 1, Hf, Wf): any height of the cell is seen.
@@ -150,8 +153,11 @@ class FineMatch(nn.Module):
         row_valid = surface.bev_valid.flatten(1)
         # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
         sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
-        # 6. Adaptive dustbin + dual softmax.
-        coupling = self.dustbin(sim, row_valid)
+        # 6. Adaptive dustbin + dual softmax, inside the prior's window.
+        window = self._window(batch, grid_hw)
+        coupling = self.dustbin(sim, row_valid, window)
+        if window is not None:  # the losses see what the coupling saw
+            sim = torch.where(window, sim, sim.new_tensor(NO_MATCH_SCORE))
         # 7. Windowed expected match of every BEV cell; weighted Procrustes, prior composed.
         pred = self._localize(coupling.probs, batch, grid_hw)
         return {
@@ -188,6 +194,20 @@ class FineMatch(nn.Module):
             "match_dst_uv": dst_uv,
             "match_weight": weight,
         }
+
+    def _window(self, batch: dict[str, Any], grid_hw: tuple[int, int]) -> torch.Tensor | None:
+        """The prior window (B, N, M), or None when ``matching.prior_window`` is off."""
+        if not self.config.matching.prior_window:
+            return None
+        keys = ("camera_uv_prior", "m_per_px", "shift_range_m", "yaw_range_deg")
+        missing = [k for k in keys if k not in batch]
+        if missing:
+            raise KeyError(
+                f"FineMatch with matching.prior_window needs batch keys {missing} "
+                "(the prior's noise bounds); set model.finematch.matching.prior_window=false "
+                "to match against the whole map"
+            )
+        return prior_window_mask(grid_hw, self.config.stride, *(batch[k] for k in keys))
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)

@@ -12,6 +12,14 @@ paper is silent:
   flat row should go to the dustbin), instead of FG2's single learned constant. BEV cells
   not seen by the camera get -1e4 everywhere but in the dustbin column: they match
   nothing and take no part in the column softmax.
+- **Prior window.** The prior pose comes with its noise bounds (``shift_range_m`` per
+  axis, ``yaw_range_deg``), so a BEV cell at distance r from the prior camera can only
+  lie within sqrt(2) shift + 2 r sin(yaw_range / 2) (+ one cell) of where the prior puts
+  it. Satellite cells outside that disc are masked before the coupling
+  (:func:`prior_window_mask`): it removes matches the benchmark's own prior rules out
+  (FG2 matches the whole map), and with them the far-off outliers that turn an
+  unweighted-by-geometry Procrustes by up to 180 deg. The statistics of the dustbin
+  still describe the whole row. ``prior_window=False`` matches globally.
 - **Coupling.** P = softmax_row(S_bar) * softmax_col(S_bar) over the (N + 1) x (M + 1)
   padded matrix (FG2's dual softmax); each factor sums to 1 along its axis.
 - **Matches.** A BEV cell's match is the expectation of its row of P in a (2r + 1)^2
@@ -25,6 +33,7 @@ paper is silent:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.checks import check_shape
 from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
 from cvloc.geometry.pose import apply_rigid_2d, compose_pose_with_rigid_2d
@@ -53,6 +63,8 @@ class MatchingConfig:
         dustbin_init: initial dustbin base score.
         dustbin_hidden: hidden width of the dustbin MLPs.
         window_radius: r of the match window, in cells.
+        prior_window: mask satellite cells the prior's noise bounds rule out
+            (:func:`prior_window_mask`); False: match against the whole map.
         solver: ``"procrustes"`` (the method) or ``"ransac"`` (comparison only).
         ransac_iters: RANSAC hypotheses (2 matches each).
         ransac_threshold_m: inlier distance, metres.
@@ -63,6 +75,7 @@ class MatchingConfig:
     dustbin_init: float = 1.0
     dustbin_hidden: int = 16
     window_radius: int = 2
+    prior_window: bool = True
     solver: str = "procrustes"
     ransac_iters: int = 256
     ransac_threshold_m: float = 2.0
@@ -155,12 +168,19 @@ class AdaptiveDustbin(nn.Module):
             nn.init.zeros_(mlp[-1].weight)
             nn.init.zeros_(mlp[-1].bias)
 
-    def forward(self, similarity: torch.Tensor, row_valid: torch.Tensor) -> Coupling:
+    def forward(
+        self,
+        similarity: torch.Tensor,
+        row_valid: torch.Tensor,
+        window: torch.Tensor | None = None,
+    ) -> Coupling:
         """Pad with the dustbin and couple (float32, autocast off).
 
         Args:
             similarity: (B, N, M) refined scores.
             row_valid: (B, N) bool, the BEV cells seen by the camera.
+            window: optional (B, N, M) bool, the entries allowed to match
+                (:func:`prior_window_mask`); the others get no coupling mass.
 
         Returns:
             The coupling.
@@ -172,13 +192,65 @@ class AdaptiveDustbin(nn.Module):
             rows, cols = similarity_stats(S, row_valid)
             z_row = self.base + self.row_mlp(rows)  # B,N,1
             z_col = (self.base + self.col_mlp(cols)).transpose(1, 2)  # B,1,M
-            S = torch.where(row_valid[..., None], S, S.new_tensor(NO_MATCH_SCORE))
+            allowed = row_valid[..., None] if window is None else row_valid[..., None] & window
+            S = torch.where(allowed, S, S.new_tensor(NO_MATCH_SCORE))
             top = torch.cat([S, z_row], dim=2)  # B,N,M+1
             bottom = torch.cat([z_col, self.base.expand(B, 1, 1)], dim=2)  # B,1,M+1
             padded = torch.cat([top, bottom], dim=1)  # B,N+1,M+1
             row_sm = torch.softmax(padded, dim=2)
             col_sm = torch.softmax(padded, dim=1)
         return Coupling(row_sm * col_sm, row_sm, col_sm)
+
+
+def prior_window_mask(
+    grid_hw: tuple[int, int],
+    stride: float,
+    camera_uv_prior: torch.Tensor,
+    m_per_px: torch.Tensor,
+    shift_range_m: torch.Tensor,
+    yaw_range_deg: torch.Tensor,
+) -> torch.Tensor:
+    """The BEV-cell / satellite-cell pairs that the prior's noise bounds allow.
+
+    Convention: BEV cell n and satellite cell m share the grid of
+    :func:`cvloc.geometry.bev.satellite_grid_uv` (the BEV placed at the prior pose);
+    distances in metres. The true position of BEV cell n lies within
+    ``sqrt(2) shift_range_m + 2 r_n sin(min(yaw_range_deg, 180) / 2)`` of its prior
+    position, r_n its distance to the prior camera; one cell diagonal is added for the
+    cell quantisation. A cell's own prior position is always inside, so no row is empty.
+    A sample with ``shift_range_m`` 0 (undeclared, :data:`cvloc.data.pairs.META_DEFAULTS`)
+    is not masked; ``yaw_range_deg`` 0 means a known heading.
+
+    Args:
+        grid_hw: (H, W) cell grid, N = M = H W.
+        stride: satellite pixels per cell.
+        camera_uv_prior: (B, 2) prior camera position, satellite pixels.
+        m_per_px: (B,) metres per satellite pixel.
+        shift_range_m: (B,) half-width of the prior's position noise per axis (0:
+            undeclared, the whole map).
+        yaw_range_deg: (B,) half-width of the prior's heading noise.
+
+    Returns:
+        (B, N, M) bool.
+    """
+    check_shape(camera_uv_prior, ["B", 2], "camera_uv_prior")
+    B = camera_uv_prior.shape[0]
+    for name, value in (("m_per_px", m_per_px), ("shift_range_m", shift_range_m)):
+        check_shape(value, [B], name)
+    check_shape(yaw_range_deg, [B], "yaw_range_deg")
+    uv = satellite_grid_uv(*grid_hw, stride, torch.float32, camera_uv_prior.device)
+    uv = uv.reshape(-1, 2)  # N,2
+    m = m_per_px.float()[:, None]  # B,1
+    r_px = (uv[None] - camera_uv_prior.float()[:, None]).norm(dim=-1)  # B,N
+    half_yaw = torch.deg2rad(yaw_range_deg.float().clamp(0.0, 180.0)) / 2
+    reach_m = (
+        math.sqrt(2.0) * shift_range_m.float()[:, None]
+        + 2.0 * torch.sin(half_yaw)[:, None] * r_px * m
+        + math.sqrt(2.0) * stride * m
+    )  # B,N
+    distance_m = torch.cdist(uv, uv)[None] * m[..., None]  # B,N,M
+    undeclared = (shift_range_m <= 0)[:, None, None]
+    return (distance_m <= reach_m[..., None]) | undeclared
 
 
 def extract_matches(
