@@ -240,6 +240,9 @@ def test_classical_baseline_localizes_textured_plane(feature):
     cells = (256 // 2) ** 2  # 0.4 m cells on a 0.2 m/px satellite image
     assert src.shape == dst.shape == (1, cells, 2) and w.shape == (1, cells)
     assert (w > 0).sum() > 100
+    # Scores in [0, 1]: relative gradient strength times the search's NCC.
+    assert w.max().item() == pytest.approx(min(max(out["search_score"].item(), 0.0), 1.0))
+    assert (w >= 0).all()
     M = compass_matrix_uv(out["yaw_deg_pred"].item() - batch["yaw_deg_prior"].item())
     expected = out["camera_uv_pred"][:, None] + (src - batch["camera_uv_prior"][:, None]) @ M.T
     torch.testing.assert_close(dst, expected, atol=1e-3, rtol=0)

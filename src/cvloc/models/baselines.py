@@ -120,8 +120,11 @@ class ClassicalBaseline(nn.Module):
     returned.
 
     The correspondences are the prior BEV's cells (satellite pixels placed with the prior
-    pose) moved by the estimated rigid motion, weighted by their gradient strength, the
-    same form as DenseFlow's ``match_*`` keys.
+    pose) moved by the estimated rigid motion, the same form as DenseFlow's ``match_*``
+    keys. Their scores are in [0, 1] like the learned methods' confidences: the cell's
+    gradient strength relative to the strongest visible cell, times the search's best
+    NCC clamped to [0, 1] (the method's own confidence in the alignment), so a match is
+    confident (:data:`cvloc.metrics.MATCH_CONFIDENT_SCORE`) only where both are high.
 
     Args:
         config: search settings; the default searches 0.4 m cells at 1-degree steps.
@@ -188,7 +191,9 @@ class ClassicalBaseline(nn.Module):
         M = src.new_tensor([[math.cos(d), -math.sin(d)], [math.sin(d), math.cos(d)]])
         dst = camera_uv[:, None] + (src - uv_prior[:, None]) @ M.T
         # sum-of-squares: vector_norm over the channel dimension is slow on CPU.
-        weight = features.square().sum(1).sqrt().flatten(1) * mask.flatten(1)
+        strength = features.square().sum(1).sqrt().flatten(1) * mask.flatten(1)
+        ncc = min(max(found.score, 0.0), 1.0)  # -inf when nothing was found: no confidence
+        weight = strength / strength.amax().clamp_min(torch.finfo(strength.dtype).tiny) * ncc
         dtype = sample["camera_uv_prior"].dtype
         return {
             "camera_uv_pred": camera_uv.to(dtype),

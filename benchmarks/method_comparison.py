@@ -1,0 +1,158 @@
+r"""One table for both methods: prior, classical, DenseFlow and FineMatch on the synthetic tests.
+
+Reproduce the recorded results (the classical search dominates: about 20 min per preset
+on 2 CPU cores; ``--methods`` with ``--merge`` re-runs only what changed)::
+
+    python benchmarks/method_comparison.py --num 500 --workers 2 \\
+        --checkpoint DenseFlow:kitti-small=denseflow-synth-kitti-small \\
+        --checkpoint FineMatch:kitti-small=training/finematch-synth-kitti-small-stageB/best.pt
+
+Every method runs on the same fixed synthetic test pairs (seed 0, written once per preset
+and area under ``--data-dir`` and reused), same area and cross area, for each ``--presets``
+(``kitti-small``: pinhole, prior +-20 m / +-10 deg; ``vigor-small``: panorama). The learned
+methods need a checkpoint per preset (``METHOD:PRESET=NAME_OR_PATH``); a learned method
+without one for a preset is left out of that preset's table and listed under
+``settings.missing``. The metrics are those of ``design.md`` (localisation, and the
+CVFM-style match precision of the top-30 and of all confident matches on the satellite
+image): both methods' correspondences are scored the same way.
+
+Writes ``benchmarks/results/method_comparison.json`` ({"settings", PRESET: {AREA: {method:
+metrics JSON}}}) and the Markdown tables beside it (``.md``). With ``--merge`` the methods
+not run now keep their entries (and settings) from the existing file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common import AREAS, DATA_DIR, RESULTS, load_or_exit, machine, synthetic_split, write_json
+from cvloc.demo import evaluate_classical
+from cvloc.evaluate import evaluate
+from cvloc.metrics import format_metrics_table
+from cvloc.models.baselines import PriorBaseline
+
+LEARNED = ("DenseFlow", "FineMatch")
+METHODS = ("prior", "classical", *LEARNED)
+PRESETS = ("kitti-small", "vigor-small")
+
+
+def parse_checkpoints(specs: list[str]) -> dict[tuple[str, str], str]:
+    """``METHOD:PRESET=CHECKPOINT`` options -> {(method, preset): checkpoint}.
+
+    Args:
+        specs: the ``--checkpoint`` values.
+
+    Returns:
+        The mapping.
+
+    Raises:
+        SystemExit: a value is malformed or names an unknown method or preset.
+    """
+    out = {}
+    for spec in specs:
+        key, sep, path = spec.partition("=")
+        method, colon, preset = key.partition(":")
+        if not sep or not colon or not path:
+            raise SystemExit(f"--checkpoint {spec!r}: expected METHOD:PRESET=CHECKPOINT")
+        if method not in LEARNED or preset not in PRESETS:
+            raise SystemExit(f"--checkpoint {spec!r}: method in {LEARNED}, preset in {PRESETS}")
+        out[method, preset] = path
+    return out
+
+
+def run_method(
+    name: str, pairs: Any, checkpoint: str | None, args: argparse.Namespace
+) -> dict[str, Any]:
+    """The metrics JSON of one method on a pairs directory's dataset.
+
+    Args:
+        name: one of :data:`METHODS`.
+        pairs: the :class:`cvloc.data.pairs.PairsDataset`.
+        checkpoint: the learned method's weights (None for the baselines).
+        args: the options (``workers``, ``batch``).
+
+    Returns:
+        The method's metrics.
+    """
+    if name == "prior":
+        return evaluate(PriorBaseline(), pairs, progress=False, method="prior")
+    if name == "classical":
+        return evaluate_classical(pairs.root, args.workers)[0]
+    assert checkpoint is not None
+    model, cfg = load_or_exit(checkpoint)
+    if cfg.model.method.lower() != name.lower():
+        raise SystemExit(f"{checkpoint}: a {cfg.model.method} checkpoint given for {name}")
+    return evaluate(model, pairs, batch_size=args.batch, method=name, checkpoint=checkpoint)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkpoint", action="append", default=[], help="METHOD:PRESET=NAME_OR_PATH"
+    )
+    parser.add_argument("--presets", nargs="+", choices=PRESETS, default=list(PRESETS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--num", type=int, default=500, help="test pairs per area")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--workers", type=int, default=2, help="processes: pairs, classical")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads, learned methods")
+    parser.add_argument("--batch", type=int, default=1, help="pairs per learned forward call")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
+    parser.add_argument("--merge", action="store_true", help="keep other methods' entries")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "method_comparison.json", help="results JSON"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    checkpoints = parse_checkpoints(args.checkpoint)
+    results: dict[str, Any] = {"settings": {}}
+    if args.merge and args.out.exists():
+        results = json.loads(args.out.read_text())
+    settings = results["settings"]
+    if settings and (settings.get("num"), settings.get("seed")) != (args.num, args.seed):
+        raise SystemExit(f"{args.out}: made with other pairs; drop --merge or match --num/--seed")
+    missing = set(settings.get("missing", []))
+    settings.update(num=args.num, seed=args.seed, split="test", machine=machine())
+    settings.update(torch=torch.__version__, threads=args.threads, batch=args.batch)
+    settings.setdefault("checkpoints", {})
+    tables = []
+    for preset in args.presets:
+        for area in AREAS:
+            pairs = synthetic_split(
+                preset, "test", area, args.num, args.seed, args.workers, args.data_dir
+            )
+            entry = results.setdefault(preset, {}).setdefault(area, {})
+            for name in args.methods:
+                checkpoint = checkpoints.get((name, preset))
+                if name in LEARNED and checkpoint is None:
+                    missing.add(f"{name}:{preset}")
+                    entry.pop(name, None)
+                    continue
+                missing.discard(f"{name}:{preset}")
+                if checkpoint is not None:
+                    settings["checkpoints"][f"{name}:{preset}"] = checkpoint
+                entry[name] = run_method(name, pairs, checkpoint, args)
+                print(f"{preset} {area} {name}: {entry[name]['seconds_per_pair']:.3f} s per pair")
+    settings["missing"] = sorted(missing)
+    for preset in PRESETS:
+        for area in AREAS:
+            entry = results.get(preset, {}).get(area)
+            if entry:
+                ordered = {m: entry[m] for m in METHODS if m in entry}
+                title = f"{preset} test, {area} area, {args.num} pairs, seed {args.seed}"
+                tables.append(format_metrics_table(ordered, title=title))
+                print(tables[-1])
+    write_json(args.out, results)
+    args.out.with_suffix(".md").write_text("\n".join(tables))
+    print(f"wrote {args.out.with_suffix('.md')}")
+
+
+if __name__ == "__main__":
+    main()
