@@ -1,8 +1,11 @@
-"""DenseFlow speed and memory: inference per pair (CPU, and CUDA when present), training steps.
+"""Speed and memory of DenseFlow and FineMatch: inference per pair, training per step.
+
+CPU, and CUDA when present.
 
 Reproduce the recorded results (on an otherwise idle machine; about 10 min on 2 CPU cores)::
 
-    python benchmarks/denseflow_speed.py --repeats 10 --threads 1
+    python benchmarks/speed.py --repeats 10 --threads 1
+    python benchmarks/speed.py --method finematch --repeats 5 --threads 1
 
 (``--threads 2 --out benchmarks/results/denseflow_speed_2threads.json`` for two threads.)
 
@@ -22,7 +25,9 @@ the imports, model, inputs and warm-up, before the timed calls. Models are fresh
   after warm-up) and peak allocated memory (``torch.cuda.max_memory_allocated``) of both
   models at the kitti size.
 
-Prints a Markdown table and writes ``benchmarks/results/denseflow_speed.json``.
+``--method finematch`` measures FineMatch's CPU preset (``finematch-synth-kitti-small``; it
+has no paper-width preset) the same way. Prints a Markdown table and writes
+``benchmarks/results/{denseflow,finematch}_speed.json``.
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ from cvloc.data.batch import collate
 from cvloc.data.pairs import pair_to_item
 from cvloc.data.synthetic import generate_pair
 from cvloc.engine.builders import build_model, build_optimizer
-from cvloc.losses import denseflow_loss
+from cvloc.losses import loss_for_method
 
-MODELS = {"cpu-preset": "denseflow-synth-kitti-small", "paper": "denseflow-synth-kitti"}
+PRESETS = {
+    "denseflow": {"cpu-preset": "denseflow-synth-kitti-small", "paper": "denseflow-synth-kitti"},
+    "finematch": {"cpu-preset": "finematch-synth-kitti-small"},
+}
 SIZES = ("kitti-small", "kitti")
 
 
@@ -100,9 +108,10 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     if task["kind"] == "training":
         model.train()
         optimizer = build_optimizer(model, cfg.train)
+        loss_fn = loss_for_method(cfg.model.method)
 
         def call() -> None:
-            loss, _ = denseflow_loss(model(batch), batch, cfg.train, 0)
+            loss, _ = loss_fn(model(batch), batch, cfg.train, 0)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip or 1e9)
@@ -140,12 +149,13 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
 
 def tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every configuration to measure, with its inputs (see :func:`measure`)."""
+    models = PRESETS[args.method]
 
     def task(kind: str, model: str, size: str, device: str, repeats: int, batch: dict) -> dict:
         return {
             "kind": kind,
             "model": model,
-            "config": MODELS[model],
+            "config": models[model],
             "size": size,
             "batch": len(batch["name"]),
             "device": device,
@@ -156,12 +166,12 @@ def tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
         }
 
     one = {size: pairs_batch(size, 1) for size in SIZES}
-    todo = [task("inference", m, s, "cpu", args.repeats, one[s]) for m in MODELS for s in SIZES]
+    todo = [task("inference", m, s, "cpu", args.repeats, one[s]) for m in models for s in SIZES]
     four = pairs_batch("kitti-small", 4)
     todo.append(task("training", "cpu-preset", "kitti-small", "cpu", args.train_repeats, four))
     if torch.cuda.is_available():
         todo += [
-            task("inference", m, "kitti", "cuda", args.cuda_repeats, one["kitti"]) for m in MODELS
+            task("inference", m, "kitti", "cuda", args.cuda_repeats, one["kitti"]) for m in models
         ]
     return todo
 
@@ -188,16 +198,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--method", choices=sorted(PRESETS), default="denseflow", help="model")
     parser.add_argument("--repeats", type=int, default=10, help="timed CPU inference calls")
     parser.add_argument("--train-repeats", type=int, default=5, help="timed training steps")
     parser.add_argument("--cuda-repeats", type=int, default=50, help="timed CUDA calls")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--note", default="", help="free text stored with the results")
-    parser.add_argument(
-        "--out", type=Path, default=RESULTS / "denseflow_speed.json", help="results JSON"
-    )
+    parser.add_argument("--out", type=Path, help="results JSON (default: METHOD_speed.json)")
     args = parser.parse_args()
+    out = args.out or RESULTS / f"{args.method}_speed.json"
     rows = []
     context = multiprocessing.get_context("spawn")  # a fresh process: its own peak memory
     for task in tasks(args):
@@ -207,7 +217,8 @@ def main() -> None:
         print(f"{r['kind']} {r['model']} {r['size']} {r['device']}: {r['wall_s']:.4f} s")
     print(table(rows))
     settings = {"machine": machine(), "torch": torch.__version__, "note": args.note}
-    write_json(args.out, {"settings": settings, "rows": rows})
+    settings["method"] = args.method
+    write_json(out, {"settings": settings, "rows": rows})
 
 
 if __name__ == "__main__":
