@@ -22,6 +22,8 @@ from cvloc.checkpoint import (
     weights_metadata,
 )
 from cvloc.config import config_to_dict, load_config
+from cvloc.data.batch import collate
+from cvloc.data.registry import build_dataset
 from cvloc.engine.builders import build_model
 from cvloc.engine.checkpoint import atomic_write, capture_rng_state, restore_rng_state
 
@@ -222,3 +224,21 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(RuntimeError):
         atomic_write(tmp_path / "x.pt", failing)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "path", sorted(ckpt_mod.weights_dir().glob("*.safetensors")), ids=lambda p: p.stem
+)
+def test_shipped_weights_load_by_name_and_localize(path):
+    # Every shipped file resolves by its name, loads strictly into the model its stored
+    # config describes (the method named by the file) and localizes its preset's pairs.
+    model, cfg = load_model(path.stem)
+    assert path.stem.startswith(cfg.model.method)
+    assert weights_metadata(path)["step"] > 0
+    batch = collate([build_dataset("synthetic", None, "test", preset=cfg.data.preset, num=1)[0]])
+    with torch.inference_mode():
+        pred = model(batch)
+    assert (
+        torch.isfinite(pred["camera_xy_pred"]).all() and torch.isfinite(pred["yaw_deg_pred"]).all()
+    )
+    assert (pred["match_weight"] >= 0).all() and (pred["match_weight"] <= 1 + 1e-6).all()
