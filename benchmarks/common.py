@@ -27,8 +27,10 @@ import torch
 
 from cvloc.checkpoint import CheckpointError, load_model
 from cvloc.data.pairs import PairsDataset
-from cvloc.demo import write_synthetic_pairs
+from cvloc.demo import evaluate_classical, write_synthetic_pairs
+from cvloc.evaluate import evaluate
 from cvloc.metrics import metrics_to_json
+from cvloc.models.baselines import PriorBaseline
 
 RESULTS = Path(__file__).parent / "results"
 DATA_DIR = Path(__file__).parents[1] / "data" / "benchmarks"  # /data/ is git-ignored
@@ -120,6 +122,24 @@ def load_or_exit(checkpoint: str) -> tuple[torch.nn.Module, Any]:
         return load_model(checkpoint)
     except (FileNotFoundError, CheckpointError) as exc:
         sys.exit(f"checkpoint {checkpoint!r}: {exc}")
+
+
+def baseline_metrics(name: str, pairs: PairsDataset, workers: int) -> dict[str, Any]:
+    """The metrics JSON of a non-learned method on a pairs directory's dataset.
+
+    Args:
+        name: ``"prior"`` or ``"classical"`` (the search in ``workers`` processes).
+        pairs: the dataset (``root`` is its directory).
+        workers: processes of the classical search.
+
+    Returns:
+        The method's metrics.
+    """
+    if name == "prior":
+        return evaluate(PriorBaseline(), pairs, progress=False, method="prior")
+    if name == "classical":
+        return evaluate_classical(pairs.root, workers)[0]
+    raise ValueError(f"no baseline named {name!r}; one of prior, classical")
 
 
 def add_ablation_args(

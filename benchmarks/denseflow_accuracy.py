@@ -28,11 +28,19 @@ from typing import Any
 
 import torch
 
-from common import AREAS, DATA_DIR, RESULTS, load_or_exit, machine, synthetic_split, write_json
-from cvloc.demo import WEIGHTS, evaluate_classical
+from common import (
+    AREAS,
+    DATA_DIR,
+    RESULTS,
+    baseline_metrics,
+    load_or_exit,
+    machine,
+    synthetic_split,
+    write_json,
+)
+from cvloc.demo import WEIGHTS
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
-from cvloc.models.baselines import PriorBaseline
 
 METHODS = ("prior", "classical", "DenseFlow")
 
@@ -51,10 +59,8 @@ def run_method(
     Returns:
         The method's metrics.
     """
-    if name == "prior":
-        return evaluate(PriorBaseline(), pairs, progress=False, method="prior")
-    if name == "classical":
-        return evaluate_classical(pairs.root, args.workers)[0]
+    if name != "DenseFlow":
+        return baseline_metrics(name, pairs, args.workers)
     return evaluate(model, pairs, method="DenseFlow", checkpoint=args.checkpoint)
 
 

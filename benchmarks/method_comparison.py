@@ -30,11 +30,18 @@ from typing import Any
 
 import torch
 
-from common import AREAS, DATA_DIR, RESULTS, load_or_exit, machine, synthetic_split, write_json
-from cvloc.demo import evaluate_classical
+from common import (
+    AREAS,
+    DATA_DIR,
+    RESULTS,
+    baseline_metrics,
+    load_or_exit,
+    machine,
+    synthetic_split,
+    write_json,
+)
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
-from cvloc.models.baselines import PriorBaseline
 
 LEARNED = ("DenseFlow", "FineMatch")
 METHODS = ("prior", "classical", *LEARNED)
@@ -79,10 +86,8 @@ def run_method(
     Returns:
         The method's metrics.
     """
-    if name == "prior":
-        return evaluate(PriorBaseline(), pairs, progress=False, method="prior")
-    if name == "classical":
-        return evaluate_classical(pairs.root, args.workers)[0]
+    if name not in LEARNED:
+        return baseline_metrics(name, pairs, args.workers)
     assert checkpoint is not None
     model, cfg = load_or_exit(checkpoint)
     if cfg.model.method.lower() != name.lower():

@@ -17,8 +17,8 @@ paper is silent:
   lie within sqrt(2) shift + 2 r sin(yaw_range / 2) (+ one cell) of where the prior puts
   it. Satellite cells outside that disc are masked before the coupling
   (:func:`prior_window_mask`): it removes matches the benchmark's own prior rules out
-  (FG2 matches the whole map), and with them the far-off outliers that turn an
-  unweighted-by-geometry Procrustes by up to 180 deg. The statistics of the dustbin
+  (FG2 matches the whole map), and with them the far-off outliers that turned the
+  weighted Procrustes by up to 180 deg. The statistics of the dustbin
   still describe the whole row. ``prior_window=False`` matches globally.
 - **Coupling.** P = softmax_row(S_bar) * softmax_col(S_bar) over the (N + 1) x (M + 1)
   padded matrix (FG2's dual softmax); each factor sums to 1 along its axis.
@@ -235,9 +235,13 @@ def prior_window_mask(
     """
     check_shape(camera_uv_prior, ["B", 2], "camera_uv_prior")
     B = camera_uv_prior.shape[0]
-    for name, value in (("m_per_px", m_per_px), ("shift_range_m", shift_range_m)):
+    scalars = {
+        "m_per_px": m_per_px,
+        "shift_range_m": shift_range_m,
+        "yaw_range_deg": yaw_range_deg,
+    }
+    for name, value in scalars.items():
         check_shape(value, [B], name)
-    check_shape(yaw_range_deg, [B], "yaw_range_deg")
     uv = satellite_grid_uv(*grid_hw, stride, torch.float32, camera_uv_prior.device)
     uv = uv.reshape(-1, 2)  # N,2
     m = m_per_px.float()[:, None]  # B,1
