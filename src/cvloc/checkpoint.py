@@ -283,24 +283,76 @@ def export_weights(
         CheckpointError: the checkpoint is unreadable, or the weights exceed ``max_bytes``.
     """
     ckpt = load_checkpoint(checkpoint)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in ckpt["model"].items()}
+    metadata = checkpoint_metadata(ckpt)
+    return write_weights(out, ckpt["model"], metadata, max_bytes, source=str(checkpoint))
+
+
+def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
+    """The weights-file metadata of a training checkpoint (decoded, see :func:`write_weights`).
+
+    ``training_data`` records the working sizes and prior ranges of the data the model
+    trained on (:func:`cvloc.localize_inputs.training_settings`) while that data is still
+    at hand: a model trained on a pairs directory stays usable where the directory is not.
+    It is None when they cannot be read.
+
+    Args:
+        ckpt: a loaded training checkpoint.
+
+    Returns:
+        ``format``, ``config``, ``code_version``, ``step``, ``metrics``, ``training_data``.
+    """
+    from cvloc.localize_inputs import training_settings
+
+    try:
+        settings: dict[str, Any] | None = training_settings(config_from_dict(ckpt["config"]))
+    except (CheckpointError, ConfigError, OSError, KeyError, ValueError):
+        settings = None
+    return {
+        "format": WEIGHTS_FORMAT,
+        "config": ckpt["config"],
+        "code_version": ckpt.get("code_version", code_version()),
+        "step": ckpt.get("step", 0),
+        "metrics": ckpt.get("metrics", {}),
+        "training_data": settings,
+    }
+
+
+def write_weights(
+    out: str | os.PathLike,
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any],
+    max_bytes: int | None = MAX_WEIGHTS_BYTES,
+    source: str = "weights",
+) -> Path:
+    """Write a ``.safetensors`` weights file atomically, with the usual permissions.
+
+    Args:
+        out: the file to write.
+        tensors: the model tensors.
+        metadata: ``format`` (a string) and the other entries (``config``,
+            ``code_version``, ``step``, ``metrics``, ...), stored as JSON: the decoded form
+            :func:`weights_metadata` returns.
+        max_bytes: refuse to write larger weights (None: no limit).
+        source: what the tensors came from, for the error message.
+
+    Returns:
+        The written path.
+
+    Raises:
+        CheckpointError: the weights exceed ``max_bytes``.
+    """
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     size = sum(t.numel() * t.element_size() for t in tensors.values())
     if max_bytes is not None and size > max_bytes:
         raise CheckpointError(
-            f"{checkpoint}: weights take {size / 2**20:.1f} MiB, more than the "
+            f"{source}: weights take {size / 2**20:.1f} MiB, more than the "
             f"{max_bytes / 2**20:.1f} MiB limit of shipped weights"
         )
-    metadata = {
-        "format": WEIGHTS_FORMAT,
-        "config": json.dumps(ckpt["config"]),
-        "code_version": json.dumps(ckpt.get("code_version", code_version())),
-        "step": str(ckpt.get("step", 0)),
-        "metrics": json.dumps(ckpt.get("metrics", {})),
-    }
+    encoded = {k: v if k == "format" else json.dumps(v) for k, v in metadata.items()}
     out = Path(out)
     # safetensors' save_file creates the file private (0o600); writing its bytes ourselves
     # gives the usual umask permissions, so others can read the weights they are sent.
-    data = save(tensors, metadata=metadata)
+    data = save(tensors, metadata=encoded)
     atomic_write(out, lambda tmp: Path(tmp).write_bytes(data))
     return out
 
@@ -331,6 +383,26 @@ def weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
         return {k: v if k == "format" else json.loads(v) for k, v in meta.items()}
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path}: corrupt metadata ({exc})") from exc
+
+
+def stored_training_data(name_or_path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``training_data`` a weights file records (:func:`checkpoint_metadata`), if any.
+
+    Args:
+        name_or_path: weights name or file, or a training checkpoint (which records none).
+
+    Returns:
+        Keyword arguments of :class:`cvloc.localize.Localizer`, or None.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        CheckpointError: a corrupt weights file.
+    """
+    path = resolve_checkpoint(name_or_path)
+    if path.suffix != ".safetensors":
+        return None
+    stored = weights_metadata(path).get("training_data")
+    return dict(stored) if stored else None
 
 
 def check_same_model(ckpt_config: Mapping[str, Any], cfg: ExperimentConfig, source: str) -> None:

@@ -28,7 +28,7 @@ def _build_parser(commands: dict[str, tuple[str, Callable, Callable]]) -> argpar
 
 
 def _commands() -> dict[str, tuple[str, Callable, Callable]]:
-    from cvloc import demo, eval_command, localize_command, train
+    from cvloc import calibrate_command, demo, eval_command, localize_command, train
     from cvloc.data import check_command as datasets
     from cvloc.data.synthetic import command as synth
 
@@ -53,6 +53,11 @@ def _commands() -> dict[str, tuple[str, Callable, Callable]]:
             "Train a localizer from a preset or YAML config (key=value overrides).",
             train.add_arguments,
             train.run,
+        ),
+        "calibrate": (
+            "Fit a model's uncertainty scales on validation pairs; write calibrated weights.",
+            calibrate_command.add_arguments,
+            calibrate_command.run,
         ),
         "localize": (
             "Localize your own ground image on a satellite image: pose.json, matches, figure.",

@@ -247,15 +247,26 @@ class EvalConfig:
         area: synthetic area (``"same"`` or ``"cross"``).
         num: number of test pairs.
         batch_size: pairs per forward pass.
+        covariance_scale: factor on the position covariance that
+            :class:`cvloc.localize.Localizer` reports (1: the raw sandwich estimate;
+            ``cvloc calibrate`` fits it on validation pairs, :mod:`cvloc.calibrate`).
+        yaw_variance_scale: the same for the heading variance.
     """
 
     split: str = "test"
     area: str = "same"
     num: int = 500
     batch_size: int = 4
+    covariance_scale: float = 1.0
+    yaw_variance_scale: float = 1.0
 
     def __post_init__(self) -> None:
-        check_fields("eval", self, {"area": SYNTHETIC_AREAS}, positive=("num", "batch_size"))
+        check_fields(
+            "eval",
+            self,
+            {"area": SYNTHETIC_AREAS},
+            positive=("num", "batch_size", "covariance_scale", "yaw_variance_scale"),
+        )
 
 
 @dataclass

@@ -97,7 +97,7 @@ def evaluate(
     forward_s = 0.0
     with torch.inference_mode():
         for batch in tqdm(loader, desc="evaluate", unit="batch", disable=not progress):
-            batch = _to_device(batch, device)
+            batch = to_device(batch, device)
             _synchronize(device)
             start = time.perf_counter()
             pred = model(batch)
@@ -392,7 +392,8 @@ def batch_match_precision(
     return [match_precision(dst[b], gt[b], weight[b]) for b in range(len(gt))]
 
 
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch with its tensors on ``device`` (other values as they are)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 

@@ -75,6 +75,9 @@ class Localizer:
             one is far from it), or None.
         searches_heading: the model searches all headings itself when told a heading
             range of 180 (the baselines); False runs heading hypotheses.
+        covariance_scale: calibration factor of the reported position covariance.
+        yaw_variance_scale: calibration factor of the reported heading variance
+            (both fitted on validation pairs by ``cvloc calibrate``, :mod:`cvloc.calibrate`).
     """
 
     def __init__(
@@ -89,12 +92,15 @@ class Localizer:
         yaw_range_deg: float = 10.0,
         trained_m_per_px: float | None = None,
         searches_heading: bool = False,
+        covariance_scale: float = 1.0,
+        yaw_variance_scale: float = 1.0,
     ) -> None:
         self.model = model.eval()
         self.name, self.camera_model, self.ground_size = name, camera_model, ground_size
         self.sat_size, self.camera_height_m = sat_size, camera_height_m
         self.shift_range_m, self.yaw_range_deg = shift_range_m, yaw_range_deg
         self.trained_m_per_px, self.searches_heading = trained_m_per_px, searches_heading
+        self.scales = (covariance_scale, yaw_variance_scale)
         self.device = next(iter(model.parameters()), torch.empty(0)).device
 
     @classmethod
@@ -114,10 +120,19 @@ class Localizer:
             FileNotFoundError: no such file or weights name.
             CheckpointError: the file is corrupt or its training data are unknown.
         """
-        from cvloc.checkpoint import load_model
+        from cvloc.checkpoint import load_model, stored_training_data
 
         model, cfg = load_model(name_or_path, device)
-        return cls(model, str(name_or_path), **training_settings(cfg))
+        settings = stored_training_data(name_or_path) or training_settings(cfg)
+        if settings.get("ground_size") is not None:  # JSON stores it as a list
+            settings["ground_size"] = tuple(settings["ground_size"])
+        return cls(
+            model,
+            str(name_or_path),
+            **settings,
+            covariance_scale=cfg.eval.covariance_scale,
+            yaw_variance_scale=cfg.eval.yaw_variance_scale,
+        )
 
     @classmethod
     def classical(cls) -> Localizer:
@@ -206,7 +221,7 @@ class Localizer:
             "working": frame["working"],
         }
         frame["geo"] = None if zoom_geo is None else (sat_center_latlon, zoom_geo, scale)
-        result = result_from_prediction(pred, batch, frame)
+        result = result_from_prediction(pred, batch, frame, self.scales)
         result.ground_image = (grd.permute(1, 2, 0) * 255).round().byte().numpy()
         result.satellite_image = (sat.permute(1, 2, 0) * 255).round().byte().numpy()
         return result

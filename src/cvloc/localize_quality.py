@@ -20,7 +20,9 @@ c_prior, the q_i their satellite matches, in the model's ``match_*`` keys):
   stride interpolate one estimate and are not independent. The c block is ``covariance_m2``
   (x east, y north), the th entry gives ``yaw_std_deg``. None with fewer than 3 matches or
   a weighted RMS residual below 1 mm: no evidence (the classical matches are its BEV moved
-  rigidly, so only its ``search_score`` speaks for it).
+  rigidly, so only its ``search_score`` speaks for it). The matches' errors are correlated,
+  so this raw estimate is too small: :class:`cvloc.localize.Localizer` scales it by the
+  factors :mod:`cvloc.calibrate` fitted on validation pairs.
 - warnings: a ground image whose aspect, or a working satellite whose m/px, differs more
   than 1.5x from the training data's (:func:`resize_warnings`).
 
@@ -169,6 +171,30 @@ def pose_covariance(
     A_inv = np.linalg.pinv(A)
     cov = kappa * A_inv @ (g.T @ g) @ A_inv
     return cov[1:, 1:], math.degrees(math.sqrt(max(cov[0, 0], 0.0)))
+
+
+def hypothesis_covariance(
+    quality: MatchQuality, b: int, sat_hw: tuple[int, int]
+) -> tuple[np.ndarray | None, float | None]:
+    """Sandwich covariance of hypothesis ``b`` over its visible matches with a score.
+
+    Args:
+        quality: the hypotheses' :func:`match_quality`.
+        b: the hypothesis.
+        sat_hw: (Hs, Ws) of the working satellite image.
+
+    Returns:
+        covariance_m2: (2, 2) or None; yaw_std_deg or None (:func:`pose_covariance`).
+    """
+    keep = quality.visible[b] & (quality.scores[b] > 0)
+    return pose_covariance(
+        quality.rel_xy[b][keep],
+        quality.residual_xy[b][keep],
+        quality.rotation[b],
+        quality.scores[b][keep],
+        quality.scores.shape[1],
+        sat_hw,
+    )
 
 
 def resize_warnings(

@@ -21,7 +21,7 @@ import torch
 from cvloc.geometry import pixel_to_world_xy
 from cvloc.geometry.geo import pixel_to_latlon
 from cvloc.localize_inputs import Panorama
-from cvloc.localize_quality import match_quality, pose_covariance
+from cvloc.localize_quality import hypothesis_covariance, match_quality
 from cvloc.metrics import MATCH_CONFIDENT_SCORE
 
 CSV_HEADER = ("ground_u", "ground_v", "sat_u", "sat_v", "score")
@@ -138,7 +138,10 @@ def ellipse_1sigma(covariance_m2: np.ndarray) -> tuple[float, float, float]:
 
 
 def result_from_prediction(
-    pred: dict[str, Any], batch: dict[str, Any], frame: dict[str, Any]
+    pred: dict[str, Any],
+    batch: dict[str, Any],
+    frame: dict[str, Any],
+    scales: tuple[float, float] = (1.0, 1.0),
 ) -> LocalizationResult:
     """The best heading hypothesis of a prediction, in the pixels of the input images.
 
@@ -151,6 +154,8 @@ def result_from_prediction(
         frame: ``ground_scale`` / ``sat_scale`` (2,) resize factors (working / input),
             ``center`` (2,) input tile centre, ``m_per_px`` of the input tile, ``geo``
             ((lat, lon), zoom, scale) or None, ``inputs`` and ``warnings``.
+        scales: calibration factors of the position covariance and the heading variance
+            (:mod:`cvloc.calibrate`).
 
     Returns:
         The result, without the images.
@@ -159,14 +164,10 @@ def result_from_prediction(
     quality = match_quality(pred, batch, batch["camera_model"], ground_wh)
     b = int(quality.confidence.argmax())  # the best heading hypothesis
     keep = quality.visible[b] & (quality.scores[b] > 0)
-    covariance, yaw_std = pose_covariance(
-        quality.rel_xy[b][keep],
-        quality.residual_xy[b][keep],
-        quality.rotation[b],
-        quality.scores[b][keep],
-        quality.scores.shape[1],
-        tuple(batch["satellite"].shape[-2:]),
-    )
+    covariance, yaw_std = hypothesis_covariance(quality, b, tuple(batch["satellite"].shape[-2:]))
+    if covariance is not None and yaw_std is not None:
+        covariance = covariance * scales[0]
+        yaw_std = yaw_std * math.sqrt(scales[1])
 
     def to_input(uv: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:  # working -> input
         return (uv.double().cpu() + 0.5) / scale - 0.5

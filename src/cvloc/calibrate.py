@@ -1,0 +1,216 @@
+"""Calibrated uncertainty: fit a localizer's covariance scales on validation pairs.
+
+:func:`cvloc.localize_quality.pose_covariance` is the sandwich covariance of the weighted
+least squares over a prediction's matches. It treats their errors as independent (beyond
+one estimate per feature cell), but they are not: neighbouring matches share features, and
+a BEV placed slightly wrong (a wrong height, a wrong heading) moves many matches alike, a
+shared bias that the residuals cannot show. The raw covariance is therefore too small, by a
+factor that belongs to the model and its data rather than to a pair. We fit that factor on
+validation pairs (never a test split):
+
+- position: d_i^2 = e_i^T C_i^-1 e_i, with e_i the position error (metres, x east, y north)
+  and C_i the raw covariance of pair i. For a calibrated Gaussian d^2 ~ chi^2(2), whose
+  median is 2 ln 2; the scale is k = median_i(d_i^2) / (2 ln 2), so that the ellipse
+  k C_i of probability 1/2 holds half of the validation pairs.
+- heading: z_i^2 = (yaw error_i / sigma_i)^2 ~ chi^2(1), median Phi^-1(3/4)^2 = 0.455; the
+  heading variance scale is k_yaw = median_i(z_i^2) / 0.455.
+
+Medians rather than means: the gross failures (the wrong street, 10 m off) would dominate a
+mean, and no Gaussian covariance describes them. The 95 % coverage (d^2 <= -2 ln 0.05, the
+chi^2(2) 95 % quantile) before and after the scaling shows how well one factor fits. Pairs
+without a covariance (fewer than 3 matches or no residual) are counted and left out.
+
+The scales are stored in the weights' config (``eval.covariance_scale``,
+``eval.yaw_variance_scale``, read by :class:`cvloc.localize.Localizer`) with the fit's
+summary as the ``calibration`` metadata entry (:func:`write_calibrated_weights`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from cvloc.checkpoint import (
+    checkpoint_metadata,
+    load_checkpoint,
+    read_model_state,
+    weights_metadata,
+    write_weights,
+)
+from cvloc.data.batch import camera_xy, collate, one_camera_model
+from cvloc.evaluate import to_device
+from cvloc.geometry.pose import wrap_deg
+from cvloc.localize_quality import hypothesis_covariance, match_quality
+
+CHI2_2DOF_MEDIAN = 2.0 * math.log(2.0)
+CHI2_1DOF_MEDIAN = NormalDist().inv_cdf(0.75) ** 2
+CHI2_2DOF_95 = -2.0 * math.log(0.05)
+CHI2_1DOF_95 = NormalDist().inv_cdf(0.975) ** 2
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Fitted covariance scales and how well they fit (module docstring).
+
+    Attributes:
+        covariance_scale: k, the factor on the position covariance.
+        yaw_variance_scale: k_yaw, the factor on the heading variance.
+        num_pairs: validation pairs with a covariance (those the fit used).
+        num_without_covariance: pairs left out (no covariance).
+        position_coverage95_raw: fraction with d^2 within the 95 % ellipse, raw covariance.
+        position_coverage95: the same with k C.
+        yaw_coverage95_raw: fraction with z^2 within the 95 % interval, raw variance.
+        yaw_coverage95: the same with k_yaw sigma^2.
+    """
+
+    covariance_scale: float
+    yaw_variance_scale: float
+    num_pairs: int
+    num_without_covariance: int
+    position_coverage95_raw: float
+    position_coverage95: float
+    yaw_coverage95_raw: float
+    yaw_coverage95: float
+
+
+def normalized_errors(
+    model: nn.Module,
+    dataset: Dataset,
+    batch_size: int = 4,
+    device: str | torch.device = "cpu",
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Squared normalised position and heading errors under the raw covariance.
+
+    Convention: position errors in metres, x east, y north; yaw errors wrapped to
+    (-180, 180] degrees; one heading hypothesis per pair (the dataset's prior), as
+    :meth:`cvloc.localize.Localizer.localize` runs with a known prior heading.
+
+    Args:
+        model: a localizer with the prediction contract of :mod:`cvloc.models`.
+        dataset: pairs with ground truth (``camera_uv_gt``, ``yaw_deg_gt``).
+        batch_size: pairs per forward pass.
+        device: where the model runs.
+        progress: show a progress bar.
+
+    Returns:
+        d2: (P,) e^T C^-1 e; z2: (P,) (yaw error / sigma)^2, for the P pairs with a
+        covariance; and the number of pairs without one.
+    """
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise ValueError("calibrate: the dataset is empty")
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    d2: list[float] = []
+    z2: list[float] = []
+    missing = 0
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="calibrate", unit="batch", disable=not progress):
+            batch = to_device(batch, device)
+            pred = model(batch)
+            ground_wh = (batch["ground"].shape[-1], batch["ground"].shape[-2])
+            quality = match_quality(
+                pred, batch, one_camera_model(batch["camera_model"]), ground_wh
+            )
+            error_xy = (pred["camera_xy_pred"].double() - camera_xy(batch, "gt").double()).cpu()
+            error_yaw = wrap_deg(pred["yaw_deg_pred"].double() - batch["yaw_deg_gt"].double())
+            sat_hw = tuple(batch["satellite"].shape[-2:])
+            for b in range(len(error_xy)):
+                cov, yaw_std = hypothesis_covariance(quality, b, sat_hw)
+                if cov is None or yaw_std is None or not yaw_std > 0:
+                    missing += 1
+                    continue
+                e = error_xy[b].numpy()
+                d2.append(float(e @ np.linalg.pinv(cov) @ e))
+                z2.append(float(error_yaw[b]) ** 2 / yaw_std**2)
+    return np.asarray(d2), np.asarray(z2), missing
+
+
+def fit_calibration(
+    d2: np.ndarray, z2: np.ndarray, num_without_covariance: int = 0
+) -> Calibration:
+    """The scales that make the median normalised errors those of a Gaussian.
+
+    Args:
+        d2: (P,) squared Mahalanobis position errors under the raw covariance.
+        z2: (P,) squared normalised heading errors under the raw variance.
+        num_without_covariance: pairs that had no covariance, for the record.
+
+    Returns:
+        The calibration.
+
+    Raises:
+        ValueError: no pair, mismatched lengths, or non-finite or negative values.
+    """
+    d2, z2 = np.asarray(d2, dtype=np.float64), np.asarray(z2, dtype=np.float64)
+    if d2.ndim != 1 or d2.shape != z2.shape:
+        raise ValueError(f"d2 and z2 must be 1-D of one length, got {d2.shape}, {z2.shape}")
+    if len(d2) == 0:
+        raise ValueError("no pair with a covariance: nothing to calibrate on")
+    both = np.concatenate([d2, z2])
+    if not (np.isfinite(both).all() and (both >= 0).all()):
+        raise ValueError("normalised errors must be finite and non-negative")
+    # A zero median (half the pairs exact) would make the covariance vanish: keep the raw one.
+    k = float(np.median(d2)) / CHI2_2DOF_MEDIAN or 1.0
+    k_yaw = float(np.median(z2)) / CHI2_1DOF_MEDIAN or 1.0
+    return Calibration(
+        covariance_scale=k,
+        yaw_variance_scale=k_yaw,
+        num_pairs=len(d2),
+        num_without_covariance=num_without_covariance,
+        position_coverage95_raw=float(np.mean(d2 <= CHI2_2DOF_95)),
+        position_coverage95=float(np.mean(d2 / k <= CHI2_2DOF_95)),
+        yaw_coverage95_raw=float(np.mean(z2 <= CHI2_1DOF_95)),
+        yaw_coverage95=float(np.mean(z2 / k_yaw <= CHI2_1DOF_95)),
+    )
+
+
+def write_calibrated_weights(
+    name_or_path: str | os.PathLike,
+    out: str | os.PathLike,
+    calibration: Calibration,
+    data: str,
+    training_data: dict[str, Any] | None = None,
+) -> Path:
+    """Write a weights file whose config carries the calibration's scales.
+
+    The tensors, config and metadata are those of the input (a ``.pt`` checkpoint is
+    exported as :func:`cvloc.checkpoint.export_weights` does), with ``eval.covariance_scale``
+    and ``eval.yaw_variance_scale`` set and a ``calibration`` entry (the fit and its data).
+
+    Args:
+        name_or_path: the weights (name or path) or training checkpoint that was fitted.
+        out: the ``.safetensors`` file to write (may be the input itself).
+        calibration: the fit.
+        data: a description of the validation pairs.
+        training_data: the ``training_data`` entry to record where the input has none
+            (:func:`cvloc.checkpoint.checkpoint_metadata`), e.g. for a model trained on a
+            pairs directory that is not here.
+
+    Returns:
+        The written path.
+    """
+    path, state, config = read_model_state(name_or_path)
+    if path.suffix == ".safetensors":
+        metadata = dict(weights_metadata(path))
+    else:
+        metadata = checkpoint_metadata(load_checkpoint(path))
+    config = {**config, "eval": {**config.get("eval", {})}}
+    config["eval"]["covariance_scale"] = calibration.covariance_scale
+    config["eval"]["yaw_variance_scale"] = calibration.yaw_variance_scale
+    metadata["config"] = config
+    if not metadata.get("training_data"):
+        metadata["training_data"] = training_data
+    metadata["calibration"] = {**asdict(calibration), "data": data, "source": str(path)}
+    return write_weights(out, state, metadata, source=str(path))
