@@ -36,10 +36,10 @@ from cvloc.localize_inputs import (
     Pinhole,
     Prior,
     check_search_region,
+    checkpoint_training_settings,
     load_image,
     resize_image,
     satellite_resolution,
-    training_settings,
 )
 from cvloc.localize_quality import resize_warnings
 from cvloc.localize_result import (
@@ -120,16 +120,13 @@ class Localizer:
             FileNotFoundError: no such file or weights name.
             CheckpointError: the file is corrupt or its training data are unknown.
         """
-        from cvloc.checkpoint import load_model, stored_training_data
+        from cvloc.checkpoint import load_model
 
         model, cfg = load_model(name_or_path, device)
-        settings = stored_training_data(name_or_path) or training_settings(cfg)
-        if settings.get("ground_size") is not None:  # JSON stores it as a list
-            settings["ground_size"] = tuple(settings["ground_size"])
         return cls(
             model,
             str(name_or_path),
-            **settings,
+            **checkpoint_training_settings(name_or_path, cfg),
             covariance_scale=cfg.eval.covariance_scale,
             yaw_variance_scale=cfg.eval.yaw_variance_scale,
         )

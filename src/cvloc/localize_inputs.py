@@ -288,3 +288,24 @@ def training_settings(cfg: Any) -> dict[str, Any]:
         "yaw_range_deg": float(meta.get("yaw_range_deg", 0.0) if yaw is None else yaw),
         "trained_m_per_px": float(meta["m_per_px"]),
     }
+
+
+def checkpoint_training_settings(name_or_path: str | os.PathLike, cfg: Any) -> dict[str, Any]:
+    """The :func:`training_settings` a weights file records, else those of its config.
+
+    Args:
+        name_or_path: the checkpoint or weights (name or path).
+        cfg: its :class:`cvloc.config.ExperimentConfig`.
+
+    Returns:
+        Keyword arguments of :class:`cvloc.localize.Localizer`.
+
+    Raises:
+        CheckpointError: neither the file nor the config's data say (pairs not here).
+    """
+    from cvloc.checkpoint import stored_training_data
+
+    settings = stored_training_data(name_or_path) or training_settings(cfg)
+    if settings.get("ground_size") is not None:  # JSON stores it as a list
+        settings["ground_size"] = tuple(settings["ground_size"])
+    return settings
