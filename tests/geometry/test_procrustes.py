@@ -383,3 +383,35 @@ def test_fuzz_extreme_scales_stay_finite(
     R, t, grads = grads_finite(src.to(dtype), dst.to(dtype), w.to(dtype))
     assert torch.isfinite(R).all() and torch.isfinite(t).all()
     assert torch.isfinite(grads[0]).all() and torch.isfinite(grads[1]).all()
+
+
+def test_fixed_rotation_fits_the_weighted_translation_only(dtype):
+    # A rotated and shifted point set: the free fit finds the rotation, the fixed one
+    # the least-squares translation sum w (dst - src) / sum w with R = I.
+    g = torch.Generator().manual_seed(7)
+    src = torch.randn(2, 40, 2, generator=g, dtype=dtype) * 10
+    R_true = rotation_2d(torch.tensor([0.3, -0.5], dtype=dtype))
+    dst = src @ R_true.transpose(1, 2) + torch.tensor([[[2.0, -1.0]], [[0.5, 3.0]]], dtype=dtype)
+    w = torch.rand(2, 40, generator=g, dtype=dtype)
+    fixed = torch.tensor([True, False])
+    R, t = weighted_procrustes_2d(src, dst, w, fixed)
+    R_free, t_free = weighted_procrustes_2d(src, dst, w)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {}
+    torch.testing.assert_close(R[0], torch.eye(2, dtype=dtype))
+    expected = (w[0, :, None] * (dst[0] - src[0])).sum(0) / w[0].sum()
+    torch.testing.assert_close(t[0], expected, **tol)
+    torch.testing.assert_close(R[1], R_free[1])  # the free sample is untouched
+    torch.testing.assert_close(t[1], t_free[1])
+    torch.testing.assert_close(R_free[1], R_true[1], **tol)
+
+
+def test_fixed_rotation_gradients():
+    src = torch.randn(1, 6, 2, dtype=torch.float64, requires_grad=True)
+    dst = torch.randn(1, 6, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.rand(1, 6, dtype=torch.float64, requires_grad=True)
+    fixed = torch.tensor([True])
+    assert torch.autograd.gradcheck(
+        lambda s, d, ww: weighted_procrustes_2d(s, d, ww, fixed)[1], (src, dst, w)
+    )
+    with pytest.raises(ShapeError):
+        weighted_procrustes_2d(src, dst, w, torch.tensor([True, False]))

@@ -255,3 +255,19 @@ def test_align_pose_finds_a_known_shift():
     # Out of reach: a shift of 2 columns is not searched with radius 1.
     batch["shift_range_m"] = torch.tensor([2.0])  # radius 1
     assert not torch.allclose(model.align_pose(corr, valid, batch), uv)
+
+
+def test_a_known_heading_is_kept_and_an_unknown_one_estimated():
+    # yaw_range_deg 0 declares the prior heading exact (VIGOR aligned): the pose keeps it.
+    torch.manual_seed(0)
+    model = DenseFlow(TINY).eval()
+    batch = make_batch(B=2, seed=4)
+    batch["yaw_range_deg"] = torch.tensor([0.0, 10.0])
+    with torch.inference_mode():
+        out = model(batch)
+    assert float(out["yaw_deg_pred"][0]) == pytest.approx(
+        float(batch["yaw_deg_prior"][0]), abs=1e-4
+    )
+    assert float(out["yaw_deg_pred"][1]) != pytest.approx(
+        float(batch["yaw_deg_prior"][1]), abs=1e-4
+    )

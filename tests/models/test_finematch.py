@@ -266,3 +266,20 @@ def test_training_lowers_the_loss(tmp_path):
     assert np.mean(matching[-4:]) < np.mean(matching[:4]), matching
     assert math.isfinite(result.state.metrics["location_median_m"])
     assert (tmp_path / "last.pt").is_file()
+
+
+@pytest.mark.parametrize("solver", ["procrustes", "ransac"])
+def test_a_known_heading_is_kept(solver):
+    torch.manual_seed(0)
+    matching = dataclasses.replace(TINY.matching, solver=solver)
+    model = FineMatch(dataclasses.replace(TINY, matching=matching)).eval()
+    batch = make_batch(B=2, seed=4)
+    batch["yaw_range_deg"] = torch.tensor([0.0, 10.0])
+    with torch.inference_mode():
+        out = model(batch)
+    assert float(out["yaw_deg_pred"][0]) == pytest.approx(
+        float(batch["yaw_deg_prior"][0]), abs=1e-4
+    )
+    assert float(out["yaw_deg_pred"][1]) != pytest.approx(
+        float(batch["yaw_deg_prior"][1]), abs=1e-4
+    )

@@ -18,7 +18,10 @@ _NOISE_ULPS = 8.0
 
 
 def weighted_procrustes_2d(
-    src_xy: torch.Tensor, dst_xy: torch.Tensor, weights: torch.Tensor
+    src_xy: torch.Tensor,
+    dst_xy: torch.Tensor,
+    weights: torch.Tensor,
+    fixed_rotation: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rigid transform minimising sum_i w_i |R src_i + t - dst_i|^2, in closed form.
 
@@ -65,6 +68,9 @@ def weighted_procrustes_2d(
         dst_xy: (B, N, 2) matched destination points, floating point.
         weights: (B, N) non-negative confidences (any real dtype, e.g. a bool mask);
             only their ratios matter.
+        fixed_rotation: optional (B,) bool: where True the rotation is known to be the
+            identity and only t is fitted, t = g_dst - g_src (the least-squares
+            translation; e.g. a pose whose heading is known).
 
     Returns:
         R: (B, 2, 2) proper rotations, and t: (B, 2) translations, in float64 if any
@@ -114,6 +120,9 @@ def weighted_procrustes_2d(
     b = torch.where(weighted, e - e_mean[:, None], 0.0)
 
     theta = _optimal_angle(a, b, w)
+    if fixed_rotation is not None:
+        check_shape(fixed_rotation, [B], "fixed_rotation")
+        theta = torch.where(fixed_rotation.to(theta.device), theta.new_zeros(()), theta)
     R = rotation_2d(theta)  # B,2,2
     src_mean = src_ref[:, 0] + d_mean
     dst_mean = dst_ref[:, 0] + e_mean

@@ -26,7 +26,13 @@ from cvloc.models.encoders import (
     ResNetEncoder,
     load_pretrained,
 )
-from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, bev_at_prior, check_batch, cuda_autocast
+from cvloc.models.inputs import (
+    LOCALIZER_INPUT_KEYS,
+    bev_at_prior,
+    check_batch,
+    cuda_autocast,
+    known_heading,
+)
 from cvloc.models.pose_head import pose_from_flow
 from cvloc.models.refine import RefineBlock
 from cvloc.models.update import UpdateBlock, UpdateConfig, convex_upsample, upsample_flow
@@ -178,6 +184,7 @@ class DenseFlow(nn.Module):
             bev_valid[:, 0] * confidence_iters[-1][:, 0],
             *(batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")),
             stride=cfg.pose_stride,
+            known_heading=known_heading(batch),
         )
         return {
             "flow_iters": flow_iters,

@@ -21,7 +21,13 @@ from torch import nn
 
 from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
-from cvloc.models.inputs import LOCALIZER_INPUT_KEYS, bev_at_prior, check_batch, cuda_autocast
+from cvloc.models.inputs import (
+    LOCALIZER_INPUT_KEYS,
+    bev_at_prior,
+    check_batch,
+    cuda_autocast,
+    known_heading,
+)
 from cvloc.models.matching import (
     NO_MATCH_SCORE,
     AdaptiveDustbin,
@@ -184,7 +190,7 @@ class FineMatch(nn.Module):
         src_uv = src_uv.reshape(1, -1, 2).expand(probs.shape[0], -1, -1)
         geo = (batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior"))
         camera_xy, yaw_deg, camera_uv = pose_from_matches(
-            src_uv, dst_uv, weight, *geo, config=cfg.matching
+            src_uv, dst_uv, weight, *geo, config=cfg.matching, known_heading=known_heading(batch)
         )
         return {
             "camera_uv_pred": camera_uv,

@@ -120,3 +120,21 @@ def bev_at_prior(
         float(OUTPUT_STRIDE),
         heights_m=heights_m,
     )
+
+
+def known_heading(batch: dict[str, Any]) -> torch.Tensor | None:
+    """Which samples' prior heading is exact: a prior ``yaw_range_deg`` of 0.
+
+    Convention: ``yaw_range_deg`` is the half-width of the prior's heading noise
+    (:mod:`cvloc.data.batch`); 0 declares a known heading (VIGOR "aligned", Oxford), which
+    the pose heads then keep (:func:`cvloc.geometry.procrustes.weighted_procrustes_2d`
+    with ``fixed_rotation``).
+
+    Args:
+        batch: a batch; without ``yaw_range_deg`` every heading is treated as unknown.
+
+    Returns:
+        (B,) bool, or None.
+    """
+    yaw_range = batch.get("yaw_range_deg")
+    return None if yaw_range is None else yaw_range <= 0

@@ -299,6 +299,7 @@ def pose_from_matches(
     camera_uv_prior: torch.Tensor,
     yaw_deg_prior: torch.Tensor,
     config: MatchingConfig | None = None,
+    known_heading: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Camera pose from BEV-to-satellite matches by weighted Procrustes (or RANSAC).
 
@@ -317,6 +318,8 @@ def pose_from_matches(
         camera_uv_prior: (B, 2) prior camera position, satellite pixels.
         yaw_deg_prior: (B,) prior heading.
         config: solver settings (default: weighted Procrustes).
+        known_heading: optional (B,) bool, samples whose prior heading is exact: their
+            pose keeps it and only the position is fitted.
 
     Returns:
         camera_xy: (B, 2) metres, yaw_deg: (B,) in (-180, 180], camera_uv: (B, 2) pixels.
@@ -330,9 +333,9 @@ def pose_from_matches(
         src_xy = pixel_to_world_xy(src_uv.float(), center[:, None], m[:, None])
         dst_xy = pixel_to_world_xy(dst_uv.float(), center[:, None], m[:, None])
         if cfg.solver == "ransac":
-            R, t = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg)
+            R, t = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg, known_heading)
         else:
-            R, t = weighted_procrustes_2d(src_xy, dst_xy, weight.float())
+            R, t = weighted_procrustes_2d(src_xy, dst_xy, weight.float(), known_heading)
         prior_xy = pixel_to_world_xy(camera_uv_prior.float(), center, m)
         camera_xy, yaw_deg = compose_pose_with_rigid_2d(R, t, prior_xy, yaw_deg_prior.float())
         camera_uv = world_xy_to_pixel(camera_xy, center, m)
@@ -341,7 +344,11 @@ def pose_from_matches(
 
 @torch.no_grad()
 def ransac_rigid_2d(
-    src_xy: torch.Tensor, dst_xy: torch.Tensor, weight: torch.Tensor, config: MatchingConfig
+    src_xy: torch.Tensor,
+    dst_xy: torch.Tensor,
+    weight: torch.Tensor,
+    config: MatchingConfig,
+    known_heading: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """RANSAC over 2-match rigid hypotheses, then weighted Procrustes on the inliers.
 
@@ -355,6 +362,7 @@ def ransac_rigid_2d(
         dst_xy: (B, N, 2) matched points, metres.
         weight: (B, N) non-negative weights.
         config: iterations, threshold and seed.
+        known_heading: optional (B,) bool: the final refit keeps the identity rotation.
 
     Returns:
         R: (B, 2, 2), t: (B, 2); identity and zero for samples without weight.
@@ -373,4 +381,4 @@ def ransac_rigid_2d(
     inlier = (moved - dst_xy[:, None]).norm(dim=-1) < config.ransac_threshold_m  # B,K,N
     best = (inlier * w[:, None]).sum(-1).argmax(-1)  # B,
     keep = inlier[torch.arange(B, device=src_xy.device), best]
-    return weighted_procrustes_2d(src_xy, dst_xy, w * keep)
+    return weighted_procrustes_2d(src_xy, dst_xy, w * keep, known_heading)

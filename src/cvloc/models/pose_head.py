@@ -77,6 +77,7 @@ def pose_from_flow(
     camera_uv_prior: torch.Tensor,
     yaw_deg_prior: torch.Tensor,
     stride: int = 1,
+    known_heading: torch.Tensor | None = None,
 ) -> PoseFromFlow:
     """Camera pose from a dense flow by weighted least squares (eq. 3).
 
@@ -94,6 +95,8 @@ def pose_from_flow(
         camera_uv_prior: (B, 2) prior camera position, satellite pixels.
         yaw_deg_prior: (B,) prior heading.
         stride: use every ``stride``-th pixel in each direction (from offset stride // 2).
+        known_heading: optional (B,) bool, samples whose prior heading is exact (a prior
+            ``yaw_range_deg`` of 0): their pose keeps it and only the position is fitted.
 
     Returns:
         The estimated pose and the N = ceil((H - stride // 2) / stride) x (same for W)
@@ -117,7 +120,7 @@ def pose_from_flow(
         center, m = sat_center_uv.to(dtype), m_per_px.to(dtype)
         src_xy = pixel_to_world_xy(src_uv, center[:, None], m[:, None])
         dst_xy = pixel_to_world_xy(dst_uv, center[:, None], m[:, None])
-        R, t = weighted_procrustes_2d(src_xy, dst_xy, weight)  # eq. 8-12
+        R, t = weighted_procrustes_2d(src_xy, dst_xy, weight, known_heading)  # eq. 8-12
         prior_xy = pixel_to_world_xy(camera_uv_prior.to(dtype), center, m)
         camera_xy, yaw_deg = compose_pose_with_rigid_2d(R, t, prior_xy, yaw_deg_prior.to(dtype))
         camera_uv = world_xy_to_pixel(camera_xy, center, m)
