@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from cvloc.calibrate import fit_calibration, normalized_errors, write_calibrated_weights
-    from cvloc.checkpoint import CheckpointError, load_model, stored_training_data
+    from cvloc.checkpoint import CheckpointError, load_model
+    from cvloc.localize_inputs import readable_training_settings
 
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
@@ -84,7 +85,6 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out {args.out}: must be a .safetensors file")
     try:
         model, cfg = load_model(args.checkpoint, args.device)
-        stored = stored_training_data(args.checkpoint)
     except FileNotFoundError as exc:
         raise UsageError(f"checkpoint {args.checkpoint!r} not found: {exc}") from exc
     except CheckpointError as exc:
@@ -98,7 +98,8 @@ def _run(args: argparse.Namespace) -> int:
         calibration = fit_calibration(d2, z2, missing)
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
-    training_data = stored or _settings(dataclasses.replace(cfg, data=data_cfg))
+    # Recorded only where the input records none (write_calibrated_weights).
+    training_data = readable_training_settings(dataclasses.replace(cfg, data=data_cfg))
     out = write_calibrated_weights(args.checkpoint, args.out, calibration, source, training_data)
     print(json.dumps(dataclasses.asdict(calibration), indent=1))
     print(
@@ -151,14 +152,3 @@ def _dataset(args: argparse.Namespace, cfg: Any) -> tuple[Any, str, Any]:
     )
     data_cfg = dataclasses.replace(cfg.data, dataset="synthetic", preset=name)
     return dataset, source, data_cfg
-
-
-def _settings(cfg: Any) -> dict[str, Any] | None:
-    """Working sizes and prior ranges of a config's data, or None when unreadable."""
-    from cvloc.checkpoint import CheckpointError
-    from cvloc.localize_inputs import training_settings
-
-    try:
-        return training_settings(cfg)
-    except (CheckpointError, OSError, KeyError, ValueError):
-        return None

@@ -301,11 +301,11 @@ def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     Returns:
         ``format``, ``config``, ``code_version``, ``step``, ``metrics``, ``training_data``.
     """
-    from cvloc.localize_inputs import training_settings
+    from cvloc.localize_inputs import readable_training_settings
 
     try:
-        settings: dict[str, Any] | None = training_settings(config_from_dict(ckpt["config"]))
-    except (CheckpointError, ConfigError, OSError, KeyError, ValueError):
+        settings = readable_training_settings(config_from_dict(ckpt["config"]))
+    except (ConfigError, KeyError, ValueError):  # a config this code cannot read
         settings = None
     return {
         "format": WEIGHTS_FORMAT,

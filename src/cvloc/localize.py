@@ -48,6 +48,7 @@ from cvloc.localize_result import (
     describe_image,
     result_from_prediction,
 )
+from cvloc.models.heading_search import hypothesis_spacing_deg
 
 __all__ = ["LocalizationResult", "LocalizeInputError", "Localizer", "Panorama", "Pinhole", "Prior"]
 NON_LEARNED_GROUND_WIDTH = 512  # working ground width of the baselines (no trained size)
@@ -307,5 +308,5 @@ class Localizer:
             return [float(prior_yaw)], self.yaw_range_deg
         if self.searches_heading:
             return [0.0], 180.0
-        n = math.ceil(360.0 / min(max(2.0 * self.yaw_range_deg, 20.0), 45.0))
+        n = math.ceil(360.0 / hypothesis_spacing_deg(self.yaw_range_deg))
         return [k * 360.0 / n - 180.0 for k in range(n)], self.yaw_range_deg

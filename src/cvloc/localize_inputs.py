@@ -309,3 +309,20 @@ def checkpoint_training_settings(name_or_path: str | os.PathLike, cfg: Any) -> d
     if settings.get("ground_size") is not None:  # JSON stores it as a list
         settings["ground_size"] = tuple(settings["ground_size"])
     return settings
+
+
+def readable_training_settings(cfg: Any) -> dict[str, Any] | None:
+    """:func:`training_settings`, or None where the config's data cannot be read here.
+
+    Args:
+        cfg: an :class:`cvloc.config.ExperimentConfig`.
+
+    Returns:
+        Keyword arguments of :class:`cvloc.localize.Localizer`, or None.
+    """
+    from cvloc.checkpoint import CheckpointError
+
+    try:
+        return training_settings(cfg)
+    except (CheckpointError, OSError, KeyError, ValueError):
+        return None

@@ -173,10 +173,15 @@ def pose_covariance(
     return cov[1:, 1:], math.degrees(math.sqrt(max(cov[0, 0], 0.0)))
 
 
+def usable_matches(quality: MatchQuality, b: int) -> torch.Tensor:
+    """(N,) bool: hypothesis ``b``'s matches that are visible and have a score."""
+    return quality.visible[b] & (quality.scores[b] > 0)
+
+
 def hypothesis_covariance(
     quality: MatchQuality, b: int, sat_hw: tuple[int, int]
 ) -> tuple[np.ndarray | None, float | None]:
-    """Sandwich covariance of hypothesis ``b`` over its visible matches with a score.
+    """Sandwich covariance of hypothesis ``b`` over its :func:`usable_matches`.
 
     Args:
         quality: the hypotheses' :func:`match_quality`.
@@ -186,7 +191,7 @@ def hypothesis_covariance(
     Returns:
         covariance_m2: (2, 2) or None; yaw_std_deg or None (:func:`pose_covariance`).
     """
-    keep = quality.visible[b] & (quality.scores[b] > 0)
+    keep = usable_matches(quality, b)
     return pose_covariance(
         quality.rel_xy[b][keep],
         quality.residual_xy[b][keep],

@@ -21,7 +21,7 @@ import torch
 from cvloc.geometry import pixel_to_world_xy
 from cvloc.geometry.geo import pixel_to_latlon
 from cvloc.localize_inputs import Panorama
-from cvloc.localize_quality import hypothesis_covariance, match_quality
+from cvloc.localize_quality import hypothesis_covariance, match_quality, usable_matches
 from cvloc.metrics import MATCH_CONFIDENT_SCORE
 
 CSV_HEADER = ("ground_u", "ground_v", "sat_u", "sat_v", "score")
@@ -163,7 +163,7 @@ def result_from_prediction(
     ground_wh = (batch["ground"].shape[-1], batch["ground"].shape[-2])
     quality = match_quality(pred, batch, batch["camera_model"], ground_wh)
     b = int(quality.confidence.argmax())  # the best heading hypothesis
-    keep = quality.visible[b] & (quality.scores[b] > 0)
+    keep = usable_matches(quality, b)
     covariance, yaw_std = hypothesis_covariance(quality, b, tuple(batch["satellite"].shape[-2:]))
     if covariance is not None and yaw_std is not None:
         covariance = covariance * scales[0]
