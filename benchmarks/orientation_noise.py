@@ -1,15 +1,10 @@
 r"""Location error against orientation noise on synthetic VIGOR (DenseFlow's Figure 3).
 
-Reproduce (a ``vigor-small`` model first: 1,800 CPU steps from the shipped kitti-small
-weights, about 70 min on one core, ``training/README.md``)::
+Reproduce the recorded results with the shipped ``vigor-small`` weights (1,200 CPU steps
+from the kitti-small weights with +-10 deg heading noise; the command that trains them is in
+``training/README.md``)::
 
-    cvloc train --config denseflow-synth-vigor-small data.yaw_range_deg=10 \
-        train.init_from=denseflow-synth-kitti-small train.align_loss_weight=10 \
-        train.corr_loss_weight=1 train.align_radius=8 train.epochs=3 \
-        train.steps_per_epoch=600 train.switch_epoch=0 train.lr=2e-4 train.warmup_steps=100 \
-        train.out_dir=training/denseflow-synth-vigor-small
-    python benchmarks/orientation_noise.py \
-        --checkpoint training/denseflow-synth-vigor-small/best.pt --num 60
+    python benchmarks/orientation_noise.py --checkpoint denseflow-synth-vigor-small --num 60
 
 For each noise level theta (0, 20, ..., 180 deg) every test pair's prior heading is
 replaced by GT + u theta, with u ~ U(-1, 1) drawn once per pair (``--mode uniform``: the
@@ -24,9 +19,9 @@ The model is told theta. By default it searches the heading
 confident answer, as ``cvloc localize`` does for an unknown heading (1 forward pass at
 theta <= r, 18 at 180 deg for r = 10). ``--no-search`` runs it once from the noisy prior:
 the paper's protocol, for a model trained with unknown orientation (yaw_range_deg = 180).
-We tried that first: 600 CPU steps of DenseFlow from the kitti-small weights with +-180 deg
-noise learnt no heading (validation median 11.45 m, heading error 94.6 deg, as a random
-heading), so the recorded curve is the heading search's.
+We tried that first: 613 CPU steps of DenseFlow from the kitti-small weights with +-180 deg
+noise learnt no heading (validation at step 550: median 11.45 m, heading error 94.6 deg,
+as a random heading), so the recorded curve is the heading search's.
 
 Writes ``benchmarks/results/orientation_noise.json`` (per area and level: the metrics JSON
 and the number of hypotheses) and the plot ``docs/images/orientation_noise.png``: median
