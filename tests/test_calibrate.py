@@ -32,6 +32,7 @@ from cvloc.config import config_to_dict, load_config
 from cvloc.data.pairs import PairsDataset
 from cvloc.engine.builders import build_model
 from cvloc.localize import Localizer, Pinhole, Prior
+from cvloc.models.refinement import PriorRefinement
 
 
 def test_chi_square_constants_match_their_distributions():
@@ -179,3 +180,25 @@ def test_calibrate_command_refuses_test_pairs_and_unknown_training_data(weights,
     assert main(["calibrate", "--checkpoint", str(tmp_path / "missing.safetensors"),
                  "--out", out]) == 2  # fmt: skip
     assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_calibrate_records_the_refinement_it_was_fitted_with(weights, pairs, tmp_path, capsys):
+    out = tmp_path / "refined.safetensors"
+    args = ["calibrate", "--checkpoint", str(weights), "--data", str(pairs / "val")]
+    refine = ["--refine-passes", "2", "--refine-shift-m", "4", "--refine-yaw-deg", "2"]
+    assert main([*args, "--out", str(out), "--batch-size", "2", *refine]) == 0
+    _, cfg = load_model(out)
+    assert (cfg.eval.refine_passes, cfg.eval.refine_shift_m, cfg.eval.refine_yaw_deg) == (2, 4, 2)
+    localizer = Localizer.from_pretrained(out)
+    assert isinstance(localizer.model, PriorRefinement) and localizer.model.passes == 2
+    assert (localizer.model.shift_range_m, localizer.model.yaw_range_deg) == (4.0, 2.0)
+    # cvloc eval runs the recorded procedure unless told otherwise.
+    evaluated = tmp_path / "m.json"
+    eval_args = ["eval", "--checkpoint", str(out), "--data", str(pairs / "val")]
+    assert main([*eval_args, "--json", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["method"] == "denseflow (2 passes)"
+    assert main([*eval_args, "--refine-passes", "1", "--json", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["method"] == "denseflow"
+    capsys.readouterr()
+    assert main([*eval_args, "--refine-passes", "0"]) == 2
+    assert "--refine-passes must be > 0" in capsys.readouterr().err

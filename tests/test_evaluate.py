@@ -358,6 +358,7 @@ def test_cli_eval_prior_on_pairs_writes_json(tmp_path, capsys):
         (["--method", "prior"], "--data --dataset is required"),
         (["--method", "prior", "--data", "{tmp}", "--limit", "0"], "--limit must be >= 1"),
         (["--method", "nope", "--data", "{tmp}"], "invalid choice: 'nope'"),
+        (["--method", "prior", "--data", "{tmp}", "--refine-passes", "2"], "applies to a"),
     ],
 )
 def test_cli_eval_user_errors_exit_2(tmp_path, capsys, argv, message):

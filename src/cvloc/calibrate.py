@@ -182,6 +182,7 @@ def write_calibrated_weights(
     calibration: Calibration,
     data: str,
     training_data: dict[str, Any] | None = None,
+    eval_settings: dict[str, Any] | None = None,
 ) -> Path:
     """Write a weights file whose config carries the calibration's scales.
 
@@ -197,6 +198,8 @@ def write_calibrated_weights(
         training_data: the ``training_data`` entry to record where the input has none
             (:func:`cvloc.checkpoint.checkpoint_metadata`), e.g. for a model trained on a
             pairs directory that is not here.
+        eval_settings: further ``eval`` entries the fit was made with (the refinement
+            passes of :mod:`cvloc.models.refinement`), recorded with the scales.
 
     Returns:
         The written path.
@@ -206,7 +209,7 @@ def write_calibrated_weights(
         metadata = dict(weights_metadata(path))
     else:
         metadata = checkpoint_metadata(load_checkpoint(path))
-    config = {**config, "eval": {**config.get("eval", {})}}
+    config = {**config, "eval": {**config.get("eval", {}), **(eval_settings or {})}}
     config["eval"]["covariance_scale"] = calibration.covariance_scale
     config["eval"]["yaw_variance_scale"] = calibration.yaw_variance_scale
     metadata["config"] = config

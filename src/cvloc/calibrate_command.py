@@ -9,7 +9,10 @@ The pairs are the synthetic ``val`` split of the model's training preset and pri
 (``--num``, ``--seed``, ``--area``; ``--preset`` for a model trained on a pairs directory)
 or a ``cvloc-pairs/1`` directory (``--data``), which must not be a test split: the scales
 are fitted where checkpoints are chosen, never where they are scored
-(:mod:`cvloc.calibrate`). User errors print one line and exit with status 2.
+(:mod:`cvloc.calibrate`). The model runs as its weights' ``eval.refine_*`` settings say,
+or as ``--refine-passes`` / ``--refine-shift-m`` / ``--refine-yaw-deg`` say; those are then
+recorded in the written weights with the scales, which hold for that procedure only.
+User errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -20,11 +23,9 @@ import json
 import sys
 from typing import Any
 
+from cvloc.eval_command import UsageError, add_refine_arguments, refine_settings
+
 EXIT_USAGE = 2
-
-
-class UsageError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="world seed (default: the model's training seed)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_refine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -77,6 +79,7 @@ def _run(args: argparse.Namespace) -> int:
     from cvloc.calibrate import fit_calibration, normalized_errors, write_calibrated_weights
     from cvloc.checkpoint import CheckpointError, load_model
     from cvloc.localize_inputs import readable_training_settings
+    from cvloc.models.refinement import refined
 
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
@@ -90,17 +93,23 @@ def _run(args: argparse.Namespace) -> int:
     except CheckpointError as exc:
         raise UsageError(f"checkpoint {args.checkpoint!r} cannot be loaded: {exc}") from exc
     dataset, source, data_cfg = _dataset(args, cfg)
-    print(f"calibrating {args.checkpoint} on {len(dataset)} pairs: {source}")
+    settings = refine_settings(args, cfg.eval)
+    names = ("refine_passes", "refine_shift_m", "refine_yaw_deg")
+    refine = {k: getattr(settings, k) for k in names}
+    print(f"calibrating {args.checkpoint} on {len(dataset)} pairs: {source}, {refine}")
     d2, z2, missing = normalized_errors(
-        model, dataset, args.batch_size, args.device, progress=sys.stderr.isatty()
-    )
+        refined(model, settings), dataset, args.batch_size, args.device,
+        progress=sys.stderr.isatty(),
+    )  # fmt: skip
     try:
         calibration = fit_calibration(d2, z2, missing)
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
     # Recorded only where the input records none (write_calibrated_weights).
     training_data = readable_training_settings(dataclasses.replace(cfg, data=data_cfg))
-    out = write_calibrated_weights(args.checkpoint, args.out, calibration, source, training_data)
+    out = write_calibrated_weights(
+        args.checkpoint, args.out, calibration, source, training_data, eval_settings=refine
+    )
     print(json.dumps(dataclasses.asdict(calibration), indent=1))
     print(
         f"position covariance x {calibration.covariance_scale:.3g} (95 % ellipse coverage "

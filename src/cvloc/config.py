@@ -251,6 +251,11 @@ class EvalConfig:
             :class:`cvloc.localize.Localizer` reports (1: the raw sandwich estimate;
             ``cvloc calibrate`` fits it on validation pairs, :mod:`cvloc.calibrate`).
         yaw_variance_scale: the same for the heading variance.
+        refine_passes: forward passes per pair, each after the first from the previous
+            estimate (:class:`cvloc.models.refinement.PriorRefinement`; 1: the model alone).
+        refine_shift_m: the prior's position bound declared to the passes after the first
+            (metres; None keeps the data's).
+        refine_yaw_deg: the same for the heading bound (degrees).
     """
 
     split: str = "test"
@@ -259,13 +264,24 @@ class EvalConfig:
     batch_size: int = 4
     covariance_scale: float = 1.0
     yaw_variance_scale: float = 1.0
+    refine_passes: int = 1
+    refine_shift_m: float | None = None
+    refine_yaw_deg: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(
             "eval",
             self,
             {"area": SYNTHETIC_AREAS},
-            positive=("num", "batch_size", "covariance_scale", "yaw_variance_scale"),
+            positive=(
+                "num",
+                "batch_size",
+                "covariance_scale",
+                "yaw_variance_scale",
+                "refine_passes",
+                "refine_shift_m",
+                "refine_yaw_deg",
+            ),
         )
 
 

@@ -66,6 +66,59 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="data loader workers")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N pairs")
+    add_refine_arguments(parser)
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the test-time refinement options (``eval.refine_*``, default: the checkpoint's).
+
+    Args:
+        parser: the sub-command parser.
+    """
+    group = parser.add_argument_group(
+        "refinement passes (cvloc.models.refinement; default: the checkpoint's eval settings)"
+    )
+    group.add_argument(
+        "--refine-passes", type=int, metavar="N", help="forward passes per pair (1: one pass)"
+    )
+    group.add_argument(
+        "--refine-shift-m",
+        type=float,
+        metavar="M",
+        help="position bound declared to passes after the first (metres)",
+    )
+    group.add_argument(
+        "--refine-yaw-deg",
+        type=float,
+        metavar="DEG",
+        help="heading bound declared to passes after the first (degrees)",
+    )
+
+
+def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:
+    """The checkpoint's eval config with the refinement options of the command line applied.
+
+    Args:
+        args: options of :func:`add_refine_arguments`.
+        eval_config: the checkpoint's :class:`cvloc.config.EvalConfig`.
+
+    Returns:
+        A new EvalConfig.
+
+    Raises:
+        UsageError: an option is out of range.
+    """
+    import dataclasses
+
+    given = {
+        f"refine_{name}": value
+        for name in ("passes", "shift_m", "yaw_deg")
+        if (value := getattr(args, f"refine_{name}")) is not None
+    }
+    try:
+        return dataclasses.replace(eval_config, **given)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("eval.refine_", "--refine-").replace("_", "-")) from exc
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,9 +193,14 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
+        given = [n for n in ("passes", "shift_m", "yaw_deg") if getattr(args, f"refine_{n}")]
+        if given:
+            raise UsageError(f"--refine-{given[0].replace('_', '-')} applies to a --checkpoint")
+
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS)
     from cvloc.checkpoint import CheckpointError, load_model
+    from cvloc.models.refinement import refined
 
     try:
         model, cfg = load_model(args.checkpoint, device)
@@ -150,7 +208,12 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
         raise UsageError(f"checkpoint {args.checkpoint!r} not found: {exc}") from exc
     except CheckpointError as exc:
         raise UsageError(f"checkpoint {args.checkpoint!r} cannot be loaded: {exc}") from exc
-    return model, cfg.model.method, {"preset": cfg.data.preset, "seed": cfg.data.seed}
+    settings = refine_settings(args, cfg.eval)
+    method = cfg.model.method
+    if settings.refine_passes > 1:
+        method = f"{method} ({settings.refine_passes} passes)"
+    defaults = {"preset": cfg.data.preset, "seed": cfg.data.seed}
+    return refined(model, settings), method, defaults
 
 
 def _dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[Any, str]:

@@ -110,6 +110,9 @@ class Localizer:
     ) -> Localizer:
         """Load shipped weights by name, or a ``.safetensors`` / ``.pt`` file.
 
+        The model runs as the weights' test-time settings say: with
+        ``eval.refine_passes`` > 1 inside :class:`cvloc.models.refinement.PriorRefinement`.
+
         Args:
             name_or_path: see :func:`cvloc.checkpoint.resolve_checkpoint`.
             device: where the model runs.
@@ -122,10 +125,11 @@ class Localizer:
             CheckpointError: the file is corrupt or its training data are unknown.
         """
         from cvloc.checkpoint import load_model
+        from cvloc.models.refinement import refined
 
         model, cfg = load_model(name_or_path, device)
         return cls(
-            model,
+            refined(model, cfg.eval),
             str(name_or_path),
             **checkpoint_training_settings(name_or_path, cfg),
             covariance_scale=cfg.eval.covariance_scale,

@@ -28,15 +28,12 @@ import torch
 from torch import nn
 
 from cvloc.data.batch import one_camera_model
-from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
-from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d, wrap_deg
+from cvloc.geometry.pose import wrap_deg
 from cvloc.localize_quality import match_quality
+from cvloc.models.refinement import MATCH_KEYS, POSE_KEYS, move_sources
 
 MIN_SPACING_DEG = 20.0  # finer than this costs many forward passes for little
 MAX_SPACING_DEG = 45.0  # coarser than this leaves headings the model cannot reach
-# Outputs kept from the winning hypothesis; the rest are per-BEV (flows, volumes) and dropped.
-POSE_KEYS = ("camera_uv_pred", "camera_xy_pred", "yaw_deg_pred")
-MATCH_KEYS = ("match_src_uv", "match_dst_uv", "match_weight", "match_height_m")
 
 
 def hypothesis_spacing_deg(trained_range_deg: float) -> float:
@@ -171,15 +168,12 @@ def _winner(
     out: dict[str, Any] = {k: pred[k][j] for k in (*POSE_KEYS, *MATCH_KEYS) if k in pred}
     out["search_confidence"] = confidence
     if "match_src_uv" in out:
-        center, m = batch["sat_center_uv"][b : b + 1].float(), batch["m_per_px"][b : b + 1].float()
-        prior_xy = pixel_to_world_xy(batch["camera_uv_prior"][b : b + 1].float(), center, m)
-        # The rigid motion taking the BEV placed at the hypothesis heading onto the BEV
-        # placed at the pair's prior heading (same camera position).
-        R, t = relative_rigid_2d(
-            prior_xy, hyp["yaw_deg_prior"][j : j + 1].float(), prior_xy,
-            batch["yaw_deg_prior"][b : b + 1].float(),
-        )  # fmt: skip
-        src_xy = pixel_to_world_xy(out["match_src_uv"][None].float(), center[:, None], m[:, None])
-        moved = apply_rigid_2d(R, t, src_xy)
-        out["match_src_uv"] = world_xy_to_pixel(moved, center[:, None], m[:, None])[0]
+        # The BEV placed at the hypothesis heading, moved onto its placement at the pair's
+        # prior heading (same camera position).
+        uv = batch["camera_uv_prior"][b : b + 1]
+        out["match_src_uv"] = move_sources(
+            out["match_src_uv"][None], batch["sat_center_uv"][b : b + 1],
+            batch["m_per_px"][b : b + 1], uv, hyp["yaw_deg_prior"][j : j + 1], uv,
+            batch["yaw_deg_prior"][b : b + 1],
+        )[0]  # fmt: skip
     return out
