@@ -23,9 +23,8 @@ import json
 import sys
 from typing import Any
 
-from cvloc.eval_command import UsageError, add_refine_arguments, refine_settings
-
-EXIT_USAGE = 2
+from cvloc.cli import UsageError
+from cvloc.eval_command import add_refine_arguments, refine_settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,16 +65,11 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed options of :func:`add_arguments`.
 
     Returns:
-        0 on success, 2 on a user error.
+        0 on success.
+
+    Raises:
+        UsageError: a problem with the user's input (``cvloc`` prints it, exit status 2).
     """
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"cvloc calibrate: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _run(args: argparse.Namespace) -> int:
     from cvloc.calibrate import fit_calibration, normalized_errors, write_calibrated_weights
     from cvloc.checkpoint import CheckpointError, load_model
     from cvloc.localize_inputs import readable_training_settings

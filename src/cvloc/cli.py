@@ -1,7 +1,9 @@
 """The ``cvloc`` command line: one sub-command per job.
 
-Sub-commands register themselves in ``_COMMANDS``; each has an ``add_arguments`` and a
-``run`` function so that parsing stays here and the work stays in its module.
+Sub-commands register themselves in ``_commands``; each has an ``add_arguments`` and a
+``run`` function so that parsing stays here and the work stays in its module. A command
+raises :class:`UsageError` for a problem with the user's input: :func:`main` prints it as
+one line and exits with status :data:`EXIT_USAGE`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cvloc import __version__
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported as one line, exit status 2."""
 
 
 def _build_parser(commands: dict[str, tuple[str, Callable, Callable]]) -> argparse.ArgumentParser:
@@ -87,7 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(commands[args.command][2](args) or 0)
+    try:
+        return int(commands[args.command][2](args) or 0)
+    except UsageError as exc:
+        print(f"cvloc {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -20,13 +20,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_USAGE = 2
+from cvloc.cli import UsageError
+
 SYNTHETIC_DEFAULTS = {"preset": "kitti-small", "seed": 0}
 METHODS = ("prior", "classical")
-
-
-class UsageError(Exception):
-    """A problem with the user's input: reported as one line, exit status 2."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -128,16 +125,11 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed options of :func:`add_arguments`.
 
     Returns:
-        0 on success, 2 on a user error.
+        0 on success.
+
+    Raises:
+        UsageError: a problem with the user's input (``cvloc`` prints it, exit status 2).
     """
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"cvloc eval: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _run(args: argparse.Namespace) -> int:
     import torch
 
     from cvloc.evaluate import evaluate

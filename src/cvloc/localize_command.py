@@ -26,7 +26,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_ROWS_FAILED, EXIT_USAGE = 1, 2
+from cvloc.cli import UsageError
+
+EXIT_ROWS_FAILED = 1
 METHODS = ("classical", "prior")
 COLUMNS = (
     "name", "ground", "satellite", "fov_deg", "intrinsics", "panorama", "m_per_px", "zoom",
@@ -50,10 +52,6 @@ PAIRED = {
     "prior_uv": ("prior_u", "prior_v"),
 }
 GROUPS = (("fov_deg", "intrinsics", "panorama"), ("m_per_px", "zoom"))
-
-
-class UsageError(Exception):
-    """A problem with the user's input: reported as one line."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -94,16 +92,11 @@ def run(args: argparse.Namespace) -> int:
         args: the parsed options of :func:`add_arguments`.
 
     Returns:
-        0 on success, 1 when some batch rows failed, 2 on a user error.
+        0 on success, 1 when some batch rows failed.
+
+    Raises:
+        UsageError: a problem with the user's input (``cvloc`` prints it, exit status 2).
     """
-    try:
-        return _run(args)
-    except UsageError as exc:
-        print(f"cvloc localize: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-
-
-def _run(args: argparse.Namespace) -> int:
     defaults = _cli_fields(args)
     if args.pairs is None and not (args.ground and args.satellite):
         raise UsageError("--ground and --satellite are required (or --pairs CSV)")
