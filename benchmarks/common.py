@@ -32,6 +32,7 @@ from cvloc.evaluate import evaluate
 from cvloc.metrics import metrics_to_json
 from cvloc.models.baselines import PriorBaseline
 
+REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 DATA_DIR = Path(__file__).parents[1] / "data" / "benchmarks"  # /data/ is git-ignored
 AREAS = ("same", "cross")
@@ -76,15 +77,36 @@ def run_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
     return {**options, **extra, "machine": machine(), "torch": torch.__version__}
 
 
+def portable(value: Any) -> Any:
+    """Paths inside this repository made relative to its root, in nested results.
+
+    Results files are committed: an absolute path would name the machine that ran them.
+
+    Args:
+        value: a JSON-ready value (dicts and lists are walked; strings, also inside
+            ``key=value`` overrides, lose the repository prefix).
+
+    Returns:
+        The same structure with portable strings.
+    """
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    if isinstance(value, str):
+        return value.replace(f"{REPO}/", "")
+    return value
+
+
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write results as strict JSON: undefined metrics (NaN, inf) become null.
+    """Write results as strict JSON, portable (:func:`portable`), NaN and inf as null.
 
     Args:
         path: the file (parent directories are created).
         data: the results.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(metrics_to_json(data))
+    path.write_text(metrics_to_json(portable(data)))
     print(f"wrote {path}")
 
 
