@@ -77,7 +77,7 @@ def test_fit_ignores_gross_failures_and_keeps_a_zero_median_neutral():
     ("d2", "z2", "match"),
     [
         ([], [], "no pair"),
-        ([1.0, 2.0], [1.0], "one length"),
+        ([1.0], [1.0, 2.0], "not longer"),
         ([1.0, float("nan")], [1.0, 1.0], "finite"),
         ([1.0, -1.0], [1.0, 1.0], "non-negative"),
     ],
@@ -85,6 +85,19 @@ def test_fit_ignores_gross_failures_and_keeps_a_zero_median_neutral():
 def test_fit_rejects_bad_input(d2, z2, match):
     with pytest.raises(ValueError, match=match):
         fit_calibration(np.array(d2), np.array(z2))
+
+
+def test_known_headings_count_for_the_position_only():
+    rng = np.random.default_rng(1)
+    d2 = 9.0 * rng.chisquare(2, 10000)
+    z2 = 4.0 * rng.chisquare(1, 6000)  # the other 4,000 pairs had a known heading
+    cal = fit_calibration(d2, z2)
+    assert cal.covariance_scale == pytest.approx(9.0, rel=0.08)
+    assert cal.yaw_variance_scale == pytest.approx(4.0, rel=0.1)
+    known = fit_calibration(d2, np.array([]))  # every heading known
+    assert known.covariance_scale == cal.covariance_scale
+    assert known.yaw_variance_scale == 1.0
+    assert known.yaw_coverage95_raw is None and known.yaw_coverage95 is None
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +215,28 @@ def test_calibrate_records_the_refinement_it_was_fitted_with(weights, pairs, tmp
     capsys.readouterr()
     assert main([*eval_args, "--refine-passes", "0"]) == 2
     assert "--refine-passes must be > 0" in capsys.readouterr().err
+
+
+class KnownHeading(torch.utils.data.Dataset):
+    """The pairs with their prior heading declared exact (and made so)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item = dict(self.dataset[index])
+        item["yaw_deg_prior"] = item["yaw_deg_gt"].clone()
+        item["yaw_range_deg"] = torch.tensor(0.0)
+        return item
+
+
+def test_normalized_errors_skip_the_heading_of_known_heading_pairs(weights, pairs):
+    model, _ = load_model(weights)
+    data = PairsDataset(pairs / "val")
+    d2, z2, missing = normalized_errors(model, KnownHeading(data), batch_size=2)
+    assert len(d2) + missing == 2 and len(d2) >= 1 and len(z2) == 0
+    free_d2, free_z2, _ = normalized_errors(model, data, batch_size=2)
+    assert len(free_z2) == len(free_d2)

@@ -221,6 +221,27 @@ def test_covariance_matches_least_squares_for_independent_noise():
     assert yaw_std > 0
 
 
+def test_known_heading_covariance_is_that_of_the_weighted_mean_translation():
+    # With the heading known the fit is c = weighted mean of (q_i - p_i), whose sandwich
+    # covariance is sum s_i^2 r_i r_i^T / (sum s_i)^2, written here without Jacobians.
+    rng = np.random.default_rng(2)
+    rel = torch.from_numpy(rng.uniform(-20, 20, (300, 2)))
+    residual = rng.normal(0.0, 0.3, (300, 2)) + np.array([0.05, -0.02])
+    scores = rng.uniform(0.1, 1.0, 300)
+    turn = torch.from_numpy(np.array([[0.0, -1.0], [1.0, 0.0]]))  # any R: it must not matter
+    cov, yaw_std = pose_covariance(
+        rel, torch.from_numpy(residual), turn, torch.from_numpy(scores), 300, (160, 160),
+        known_heading=True,
+    )  # fmt: skip
+    expected = (scores[:, None, None] ** 2 * residual[:, :, None] * residual[:, None, :]).sum(0)
+    np.testing.assert_allclose(cov, expected / scores.sum() ** 2, rtol=1e-10)
+    assert yaw_std == 0.0
+    free, _ = pose_covariance(
+        rel, torch.from_numpy(residual), turn, torch.from_numpy(scores), 300, (160, 160)
+    )
+    assert not np.allclose(free, cov)  # estimating the heading too changes the position block
+
+
 def test_bad_inputs_name_the_argument(pairs, tmp_path):
     directory, _ = sample(pairs, "kitti-small")
     ground, satellite = directory / "ground.png", directory / "satellite.png"

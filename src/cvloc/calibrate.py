@@ -18,7 +18,9 @@ validation pairs (never a test split):
 Medians rather than means: the gross failures (the wrong street, 10 m off) would dominate a
 mean, and no Gaussian covariance describes them. The 95 % coverage (d^2 <= -2 ln 0.05, the
 chi^2(2) 95 % quantile) before and after the scaling shows how well one factor fits. Pairs
-without a covariance (fewer than 3 matches or no residual) are counted and left out.
+without a covariance (fewer than 3 matches or no residual) are counted and left out; pairs
+with a known heading (``yaw_range_deg`` 0: no heading is estimated) count for the position
+only, and with no estimated heading at all k_yaw stays 1.
 
 The scales are stored in the weights' config (``eval.covariance_scale``,
 ``eval.yaw_variance_scale``, read by :class:`cvloc.localize.Localizer`) with the fit's
@@ -69,7 +71,8 @@ class Calibration:
         num_without_covariance: pairs left out (no covariance).
         position_coverage95_raw: fraction with d^2 within the 95 % ellipse, raw covariance.
         position_coverage95: the same with k C.
-        yaw_coverage95_raw: fraction with z^2 within the 95 % interval, raw variance.
+        yaw_coverage95_raw: fraction with z^2 within the 95 % interval, raw variance
+            (None without an estimated heading).
         yaw_coverage95: the same with k_yaw sigma^2.
     """
 
@@ -79,8 +82,8 @@ class Calibration:
     num_without_covariance: int
     position_coverage95_raw: float
     position_coverage95: float
-    yaw_coverage95_raw: float
-    yaw_coverage95: float
+    yaw_coverage95_raw: float | None
+    yaw_coverage95: float | None
 
 
 def normalized_errors(
@@ -104,8 +107,9 @@ def normalized_errors(
         progress: show a progress bar.
 
     Returns:
-        d2: (P,) e^T C^-1 e; z2: (P,) (yaw error / sigma)^2, for the P pairs with a
-        covariance; and the number of pairs without one.
+        d2: (P,) e^T C^-1 e, for the P pairs with a covariance; z2: (Q,)
+        (yaw error / sigma)^2, for the Q <= P of them whose heading was estimated (not
+        known); and the number of pairs without a covariance.
     """
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("calibrate: the dataset is empty")
@@ -128,12 +132,14 @@ def normalized_errors(
             sat_hw = tuple(batch["satellite"].shape[-2:])
             for b in range(len(error_xy)):
                 cov, yaw_std = hypothesis_covariance(quality, b, sat_hw)
-                if cov is None or yaw_std is None or not yaw_std > 0:
+                known = bool(quality.known_heading[b])
+                if cov is None or yaw_std is None or not (known or yaw_std > 0):
                     missing += 1
                     continue
                 e = error_xy[b].numpy()
                 d2.append(float(e @ np.linalg.pinv(cov) @ e))
-                z2.append(float(error_yaw[b]) ** 2 / yaw_std**2)
+                if not known:
+                    z2.append(float(error_yaw[b]) ** 2 / yaw_std**2)
     return np.asarray(d2), np.asarray(z2), missing
 
 
@@ -144,18 +150,20 @@ def fit_calibration(
 
     Args:
         d2: (P,) squared Mahalanobis position errors under the raw covariance.
-        z2: (P,) squared normalised heading errors under the raw variance.
+        z2: (Q,) squared normalised heading errors under the raw variance, Q <= P (pairs
+            with a known heading have none; Q = 0 leaves k_yaw at 1).
         num_without_covariance: pairs that had no covariance, for the record.
 
     Returns:
         The calibration.
 
     Raises:
-        ValueError: no pair, mismatched lengths, or non-finite or negative values.
+        ValueError: no pair, more heading than position errors, or non-finite or
+            negative values.
     """
     d2, z2 = np.asarray(d2, dtype=np.float64), np.asarray(z2, dtype=np.float64)
-    if d2.ndim != 1 or d2.shape != z2.shape:
-        raise ValueError(f"d2 and z2 must be 1-D of one length, got {d2.shape}, {z2.shape}")
+    if d2.ndim != 1 or z2.ndim != 1 or len(z2) > len(d2):
+        raise ValueError(f"d2 and z2 must be 1-D, z2 not longer, got {d2.shape}, {z2.shape}")
     if len(d2) == 0:
         raise ValueError("no pair with a covariance: nothing to calibrate on")
     both = np.concatenate([d2, z2])
@@ -163,7 +171,7 @@ def fit_calibration(
         raise ValueError("normalised errors must be finite and non-negative")
     # A zero median (half the pairs exact) would make the covariance vanish: keep the raw one.
     k = float(np.median(d2)) / CHI2_2DOF_MEDIAN or 1.0
-    k_yaw = float(np.median(z2)) / CHI2_1DOF_MEDIAN or 1.0
+    k_yaw = (float(np.median(z2)) / CHI2_1DOF_MEDIAN if len(z2) else 0.0) or 1.0
     return Calibration(
         covariance_scale=k,
         yaw_variance_scale=k_yaw,
@@ -171,8 +179,8 @@ def fit_calibration(
         num_without_covariance=num_without_covariance,
         position_coverage95_raw=float(np.mean(d2 <= CHI2_2DOF_95)),
         position_coverage95=float(np.mean(d2 / k <= CHI2_2DOF_95)),
-        yaw_coverage95_raw=float(np.mean(z2 <= CHI2_1DOF_95)),
-        yaw_coverage95=float(np.mean(z2 / k_yaw <= CHI2_1DOF_95)),
+        yaw_coverage95_raw=float(np.mean(z2 <= CHI2_1DOF_95)) if len(z2) else None,
+        yaw_coverage95=float(np.mean(z2 / k_yaw <= CHI2_1DOF_95)) if len(z2) else None,
     )
 
 

@@ -105,11 +105,16 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.out, calibration, source, training_data, eval_settings=refine
     )
     print(json.dumps(dataclasses.asdict(calibration), indent=1))
+    heading = "heading known: no heading variance"
+    if calibration.yaw_coverage95_raw is not None:
+        heading = (
+            f"heading variance x {calibration.yaw_variance_scale:.3g} (95 % coverage "
+            f"{calibration.yaw_coverage95_raw:.0%} -> {calibration.yaw_coverage95:.0%})"
+        )
     print(
         f"position covariance x {calibration.covariance_scale:.3g} (95 % ellipse coverage "
         f"{calibration.position_coverage95_raw:.0%} -> {calibration.position_coverage95:.0%}), "
-        f"heading variance x {calibration.yaw_variance_scale:.3g} (95 % coverage "
-        f"{calibration.yaw_coverage95_raw:.0%} -> {calibration.yaw_coverage95:.0%})"
+        f"{heading}"
     )
     print(f"wrote {out}")
     return 0

@@ -22,7 +22,9 @@ c_prior, the q_i their satellite matches, in the model's ``match_*`` keys):
   a weighted RMS residual below 1 mm: no evidence (the classical matches are its BEV moved
   rigidly, so only its ``search_score`` speaks for it). The matches' errors are correlated,
   so this raw estimate is too small: :class:`cvloc.localize.Localizer` scales it by the
-  factors :mod:`cvloc.calibrate` fitted on validation pairs.
+  factors :mod:`cvloc.calibrate` fitted on validation pairs. A known heading (the batch's
+  ``yaw_range_deg`` 0, which the pose heads keep) is no parameter: the fit is in c alone,
+  J_i = I_2, and ``yaw_std_deg`` is 0.
 - warnings: a ground image whose aspect, or a working satellite whose m/px, differs more
   than 1.5x from the training data's (:func:`resize_warnings`).
 
@@ -43,6 +45,7 @@ import torch
 
 from cvloc.evaluate import lift_matches_to_ground
 from cvloc.geometry import pixel_to_world_xy, relative_rigid_2d
+from cvloc.models.inputs import known_heading
 
 INLIER_M = 2.0  # a match agrees with the pose when its residual is below this
 FEATURE_STRIDE_PX = 8  # the encoders' output stride: the resolution of a model's estimates
@@ -61,6 +64,7 @@ class MatchQuality(NamedTuple):
         residual_xy: (B, N, 2) residuals r_i, metres.
         rotation: (B, 2, 2) R(th).
         confidence: (B,) in [0, 1].
+        known_heading: (B,) bool, the hypothesis' heading was given exactly.
     """
 
     scores: torch.Tensor
@@ -70,6 +74,7 @@ class MatchQuality(NamedTuple):
     residual_xy: torch.Tensor
     rotation: torch.Tensor
     confidence: torch.Tensor
+    known_heading: torch.Tensor
 
 
 def match_quality(
@@ -98,11 +103,13 @@ def match_quality(
     B = prior_uv.shape[0]
     src = pred.get("match_src_uv", prior_uv.new_zeros(B, 0, 2)).double()
     score = pred.get("search_score")
+    known = known_heading(batch)
+    known = prior_uv.new_zeros(B, dtype=torch.bool) if known is None else known.to(torch.bool)
     if src.shape[1] == 0:
         none = prior_uv.new_zeros(B, 0)
         eye = torch.eye(2, dtype=torch.float64, device=prior_uv.device).expand(B, 2, 2)
         confidence = prior_uv.new_zeros(B) if score is None else score.double().clamp(0, 1)
-        return MatchQuality(none, src, none.bool(), src, src, eye, confidence)
+        return MatchQuality(none, src, none.bool(), src, src, eye, confidence, known)
     weight = pred["match_weight"].double().clamp(min=0.0)
     top = weight.amax(1, keepdim=True)
     scores = torch.where(top > 1.0, weight / top, weight)
@@ -130,7 +137,7 @@ def match_quality(
     confidence = (scores * agree).sum(1) / visible.sum(1).clamp(min=1)
     if score is not None:
         confidence = score.double().clamp(0.0, 1.0)
-    return MatchQuality(scores, ground_uv, visible, rel, residual, R, confidence)
+    return MatchQuality(scores, ground_uv, visible, rel, residual, R, confidence, known)
 
 
 def pose_covariance(
@@ -140,6 +147,7 @@ def pose_covariance(
     scores: torch.Tensor,
     num_sources: int,
     sat_hw: tuple[int, int],
+    known_heading: bool = False,
 ) -> tuple[np.ndarray | None, float | None]:
     """Sandwich covariance of the camera position and heading (module docstring).
 
@@ -152,9 +160,10 @@ def pose_covariance(
         scores: (M,) their scores.
         num_sources: N, all the hypothesis' match sources (their density sets kappa).
         sat_hw: (Hs, Ws) of the working satellite image.
+        known_heading: the heading is exact (not estimated): the fit is in c alone.
 
     Returns:
-        covariance_m2: (2, 2) or None; yaw_std_deg or None.
+        covariance_m2: (2, 2) or None; yaw_std_deg (0 for a known heading) or None.
     """
     s = scores.double().cpu().numpy()
     r = residual_xy.double().cpu().numpy()
@@ -165,11 +174,15 @@ def pose_covariance(
     J = np.zeros((len(s), 2, 3))  # d(r_x, r_y) / d(th, c_x, c_y)
     J[:, 0, 0], J[:, 1, 0] = -turned[:, 1], turned[:, 0]  # R(90 deg) R(th) p
     J[:, 0, 1] = J[:, 1, 2] = 1.0
+    if known_heading:
+        J = J[:, :, 1:]  # d(r_x, r_y) / d(c_x, c_y)
     A = np.einsum("n,nij,nik->jk", s, J, J)
     g = s[:, None] * np.einsum("nij,ni->nj", J, r)  # s_i J_i^T r_i
     kappa = max(1.0, FEATURE_STRIDE_PX**2 * num_sources / (sat_hw[0] * sat_hw[1]))
     A_inv = np.linalg.pinv(A)
     cov = kappa * A_inv @ (g.T @ g) @ A_inv
+    if known_heading:
+        return cov, 0.0
     return cov[1:, 1:], math.degrees(math.sqrt(max(cov[0, 0], 0.0)))
 
 
@@ -199,6 +212,7 @@ def hypothesis_covariance(
         quality.scores[b][keep],
         quality.scores.shape[1],
         sat_hw,
+        known_heading=bool(quality.known_heading[b]),
     )
 
 
