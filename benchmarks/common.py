@@ -110,6 +110,19 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     print(f"wrote {path}")
 
 
+def write_results(path: Path, data: dict[str, Any], tables: list[str]) -> None:
+    """Write the results JSON (:func:`write_json`) and its Markdown tables beside it (``.md``).
+
+    Args:
+        path: the JSON file.
+        data: the results.
+        tables: Markdown tables, written one after the other.
+    """
+    write_json(path, data)
+    path.with_suffix(".md").write_text("\n".join(tables))
+    print(f"wrote {path.with_suffix('.md')}")
+
+
 def synthetic_split(
     preset: str, split: str, area: str, num: int, seed: int, workers: int, data_dir: Path
 ) -> PairsDataset:
@@ -296,5 +309,4 @@ def finish(
     """
     print(f"\n**{preset}, {args.steps} steps on {args.pairs} pairs, {args.num_test} test pairs**")
     print(text)
-    write_json(args.out, {"settings": run_settings(args), "variants": variants})
-    args.out.with_suffix(".md").write_text(text)
+    write_results(args.out, {"settings": run_settings(args), "variants": variants}, [text])

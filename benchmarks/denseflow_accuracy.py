@@ -36,7 +36,7 @@ from common import (
     load_or_exit,
     machine,
     synthetic_split,
-    write_json,
+    write_results,
 )
 from cvloc.demo import WEIGHTS
 from cvloc.evaluate import evaluate
@@ -111,9 +111,7 @@ def main() -> None:
         print(tables[-1])
         for name, metrics in results[area].items():
             print(f"{name}: {metrics['seconds_per_pair']:.3f} s per pair")
-    write_json(args.out, results)
-    args.out.with_suffix(".md").write_text("\n".join(tables))
-    print(f"wrote {args.out.with_suffix('.md')}")
+    write_results(args.out, results, tables)
 
 
 if __name__ == "__main__":

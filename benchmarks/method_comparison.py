@@ -38,7 +38,7 @@ from common import (
     load_or_exit,
     machine,
     synthetic_split,
-    write_json,
+    write_results,
 )
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
@@ -154,9 +154,7 @@ def main() -> None:
                 title = f"{preset} test, {area} area, {args.num} pairs, seed {args.seed}"
                 tables.append(format_metrics_table(ordered, title=title))
                 print(tables[-1])
-    write_json(args.out, results)
-    args.out.with_suffix(".md").write_text("\n".join(tables))
-    print(f"wrote {args.out.with_suffix('.md')}")
+    write_results(args.out, results, tables)
 
 
 if __name__ == "__main__":

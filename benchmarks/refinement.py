@@ -35,7 +35,7 @@ from common import (
     load_or_exit,
     run_settings,
     synthetic_split,
-    write_json,
+    write_results,
 )
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
@@ -121,9 +121,7 @@ def main() -> None:
         title = f"{args.checkpoint}, {args.preset} test, {area} area, {args.num} pairs"
         tables.append(format_metrics_table(results[area], title=title))
         print(tables[-1])
-    write_json(args.out, results)
-    args.out.with_suffix(".md").write_text("\n".join(tables))
-    print(f"wrote {args.out.with_suffix('.md')}")
+    write_results(args.out, results, tables)
 
 
 if __name__ == "__main__":
