@@ -6,7 +6,7 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this directory firs
 - where results and synthetic pairs go (:data:`RESULTS`, :data:`DATA_DIR`) and the test
   areas (:data:`AREAS`);
 - the results file: :func:`machine` (and :func:`cpu_model`), :func:`run_settings`,
-  :func:`write_json`;
+  :func:`write_json` (paths made :func:`portable`), :func:`write_results` (JSON and tables);
 - the data and the model: :func:`synthetic_split`, :func:`load_or_exit`;
 - the scaffolding of the ablation scripts (``denseflow_ablations.py``,
   ``finematch_ablations.py``): :func:`add_ablation_args`, :func:`budget_schedule`,
