@@ -205,6 +205,12 @@ def test_calibrate_records_the_refinement_it_was_fitted_with(weights, pairs, tmp
     localizer = Localizer.from_pretrained(out)
     assert isinstance(localizer.model, PriorRefinement) and localizer.model.passes == 2
     assert (localizer.model.shift_range_m, localizer.model.yaw_range_deg) == (4.0, 2.0)
+    refined_result, one_pass = (
+        _localize(localizer, pairs),
+        _localize(Localizer.from_pretrained(weights), pairs),
+    )
+    assert not np.allclose(refined_result.camera_uv, one_pass.camera_uv)  # the passes ran
+    assert len(refined_result.ground_uv) > 0 and np.isfinite(refined_result.sat_uv).all()
     # cvloc eval runs the recorded procedure unless told otherwise.
     evaluated = tmp_path / "m.json"
     eval_args = ["eval", "--checkpoint", str(out), "--data", str(pairs / "val")]
