@@ -42,6 +42,7 @@ from common import (
 )
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
+from cvloc.models.refinement import refined
 
 LEARNED = ("DenseFlow", "FineMatch")
 METHODS = ("prior", "classical", *LEARNED)
@@ -77,6 +78,10 @@ def run_method(
 ) -> dict[str, Any]:
     """The metrics JSON of one method on a pairs directory's dataset.
 
+    A learned method runs as its weights' test-time settings say (``eval.refine_*``,
+    :func:`cvloc.models.refinement.refined`), as ``cvloc eval`` runs it; the metrics record
+    ``refine_passes``.
+
     Args:
         name: one of :data:`METHODS`.
         pairs: the :class:`cvloc.data.pairs.PairsDataset`.
@@ -92,7 +97,10 @@ def run_method(
     model, cfg = load_or_exit(checkpoint)
     if cfg.model.method.lower() != name.lower():
         raise SystemExit(f"{checkpoint}: a {cfg.model.method} checkpoint given for {name}")
-    return evaluate(model, pairs, batch_size=args.batch, method=name, checkpoint=checkpoint)
+    metrics = evaluate(
+        refined(model, cfg.eval), pairs, batch_size=args.batch, method=name, checkpoint=checkpoint
+    )
+    return {**metrics, "refine_passes": cfg.eval.refine_passes}
 
 
 def main() -> None:
