@@ -107,15 +107,18 @@ def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:
     """
     import dataclasses
 
-    given = {
-        f"refine_{name}": value
-        for name in ("passes", "shift_m", "yaw_deg")
-        if (value := getattr(args, f"refine_{name}")) is not None
-    }
+    given = {name: getattr(args, name) for name in _given_refine_options(args)}
     try:
         return dataclasses.replace(eval_config, **given)
     except ValueError as exc:
         raise UsageError(str(exc).replace("eval.refine_", "--refine-").replace("_", "-")) from exc
+
+
+def _given_refine_options(args: argparse.Namespace) -> list[str]:
+    """The ``eval.refine_*`` fields set on the command line (argparse dests match them)."""
+    from cvloc.models.refinement import REFINE_FIELDS
+
+    return [name for name in REFINE_FIELDS if getattr(args, name) is not None]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -185,9 +188,9 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
-        given = [n for n in ("passes", "shift_m", "yaw_deg") if getattr(args, f"refine_{n}")]
+        given = _given_refine_options(args)
         if given:
-            raise UsageError(f"--refine-{given[0].replace('_', '-')} applies to a --checkpoint")
+            raise UsageError(f"--{given[0].replace('_', '-')} applies to a --checkpoint")
 
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS)

@@ -34,6 +34,8 @@ from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d
 # Outputs kept from the last pass; the rest are per-BEV (flows, volumes) and dropped.
 POSE_KEYS = ("camera_uv_pred", "camera_xy_pred", "yaw_deg_pred")
 MATCH_KEYS = ("match_src_uv", "match_dst_uv", "match_weight", "match_height_m")
+# The EvalConfig fields that set the passes (read by :func:`refined`).
+REFINE_FIELDS = ("refine_passes", "refine_shift_m", "refine_yaw_deg")
 
 
 def move_sources(
