@@ -258,9 +258,13 @@ def test_align_pose_finds_a_known_shift():
 
 
 def test_a_known_heading_is_kept_and_an_unknown_one_estimated():
-    # yaw_range_deg 0 declares the prior heading exact (VIGOR aligned): the pose keeps it.
     torch.manual_seed(0)
-    model = DenseFlow(TINY).eval()
+    assert_keeps_a_known_heading(DenseFlow(TINY).eval())
+
+
+def assert_keeps_a_known_heading(model):
+    """yaw_range_deg 0 declares the prior heading exact (VIGOR aligned): the pose keeps it,
+    while the other pair of the batch (+-10 deg) gets its heading estimated."""
     batch = make_batch(B=2, seed=4)
     batch["yaw_range_deg"] = torch.tensor([0.0, 10.0])
     with torch.inference_mode():

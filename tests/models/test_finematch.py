@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_denseflow import make_batch
+from test_denseflow import assert_keeps_a_known_heading, make_batch
 
 import cvloc.evaluate as evaluate_mod
 from cvloc.checkpoint import load_model, save_checkpoint
@@ -272,14 +272,4 @@ def test_training_lowers_the_loss(tmp_path):
 def test_a_known_heading_is_kept(solver):
     torch.manual_seed(0)
     matching = dataclasses.replace(TINY.matching, solver=solver)
-    model = FineMatch(dataclasses.replace(TINY, matching=matching)).eval()
-    batch = make_batch(B=2, seed=4)
-    batch["yaw_range_deg"] = torch.tensor([0.0, 10.0])
-    with torch.inference_mode():
-        out = model(batch)
-    assert float(out["yaw_deg_pred"][0]) == pytest.approx(
-        float(batch["yaw_deg_prior"][0]), abs=1e-4
-    )
-    assert float(out["yaw_deg_pred"][1]) != pytest.approx(
-        float(batch["yaw_deg_prior"][1]), abs=1e-4
-    )
+    assert_keeps_a_known_heading(FineMatch(dataclasses.replace(TINY, matching=matching)).eval())
