@@ -163,6 +163,21 @@ class TestExtractMatches:
         whole_row, _ = extract_matches(probs, (H, W), 1.0, radius=H)
         assert not torch.allclose(whole_row[0, 0], torch.tensor([1.0, 1.0]))
 
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_rows_without_mass_give_finite_gradients(self, dtype):
+        # Rows with zero or denormal mass (the coupling outside the prior window, or
+        # underflowing softmax products) once made d(dst)/d(probs) 0 / 0 = NaN.
+        H, W = 3, 4
+        logits = torch.randn(1, 4, H * W, dtype=dtype)
+        scale = torch.tensor([1.0, 0.0, torch.finfo(dtype).tiny, 1e-30], dtype=dtype)
+        logits.requires_grad_(True)
+        probs = logits.softmax(-1) * scale[None, :, None]
+        dst_uv, weight = extract_matches(probs, (H, W), 8.0, radius=1)
+        (dst_uv.sum() + weight.sum()).backward()
+        assert torch.isfinite(logits.grad).all()
+        assert torch.equal(dst_uv[0, 1], torch.tensor([3.5, 3.5], dtype=dtype))  # cell (0, 0)
+        assert logits.grad[0, 0].abs().sum() > 0  # a real row still learns
+
 
 def rigid_matches(B=2, N=60, seed=0):
     """BEV cells at the prior and their exact matches under a known prior -> GT motion."""

@@ -285,8 +285,14 @@ def extract_matches(
     window = ((row - top_row).abs() <= radius) & ((col - top_col).abs() <= radius)  # B,N,M
     masked = torch.where(window, probs, 0.0)
     weight = masked.sum(-1)
-    denom = weight.clamp_min(torch.finfo(probs.dtype).tiny)[..., None]
-    cell_uv = torch.stack([(masked * col).sum(-1), (masked * row).sum(-1)], -1) / denom
+    # A row without (or with underflowing) mass has no match. Its quotient is replaced, not
+    # clamped: d(num / w) / dw = -num / w^2 is 0 / 0 = NaN at w = 0 and overflows for
+    # denormal w, and NaN times the zero gradient torch.where passes back is still NaN.
+    # Above sqrt(tiny), 1 / w^2 stays finite.
+    has_mass = (weight > torch.finfo(probs.dtype).tiny ** 0.5)[..., None]
+    denom = torch.where(has_mass, weight[..., None], 1.0)
+    num = torch.stack([(masked * col).sum(-1), (masked * row).sum(-1)], -1)
+    cell_uv = torch.where(has_mass, num / denom, 0.0)
     return (cell_uv + 0.5) * stride - 0.5, weight
 
 
