@@ -39,8 +39,8 @@ from common import (
     synthetic_split,
     write_results,
 )
-from cvloc.data.batch import one_camera_model
-from cvloc.evaluate import evaluate, gt_at_ground_pixels, lift_matches_to_ground
+from cvloc.evaluate import evaluate, match_gt_sat_uv
+from cvloc.geometry.pose import apply_rigid_2d
 from cvloc.geometry.procrustes import weighted_procrustes_2d
 from cvloc.models.refinement import refined
 
@@ -74,29 +74,13 @@ class Reranked(nn.Module):
         if self.ranking == "pose-consistent":
             # Convention: the fit dst ~ R src + t in satellite pixels, as the pose heads'.
             R, t = weighted_procrustes_2d(src, dst, weight)
-            residual2 = (dst - (torch.einsum("bij,bnj->bni", R, src) + t[:, None])).square()
-            pred["match_weight"] = weight * torch.exp(-residual2.sum(-1) / (2 * self.sigma_px**2))
+            residual2 = (dst - apply_rigid_2d(R, t, src)).square().sum(-1)
+            pred["match_weight"] = weight * torch.exp(-residual2 / (2 * self.sigma_px**2))
         elif self.ranking == "oracle":
-            error = self._true_error(pred, batch)
+            error = (dst - match_gt_sat_uv(pred, batch, pred.get("match_height_m"))).norm(dim=-1)
             keep = torch.isfinite(error) & (weight > self.oracle_min_score)
             pred["match_weight"] = torch.where(keep, 1.0 / (1.0 + error.nan_to_num(0.0)), 0.0)
         return pred
-
-    @staticmethod
-    def _true_error(pred: dict[str, Any], batch: dict[str, Any]) -> torch.Tensor:
-        """(B, N) pixel error of every match against its ground pixel's GT (NaN: none)."""
-        camera_model = one_camera_model(batch["camera_model"])
-        ground = batch["ground"]
-        ground_uv, valid = lift_matches_to_ground(
-            pred["match_src_uv"], batch["sat_center_uv"], batch["m_per_px"],
-            batch["camera_uv_prior"], batch["yaw_deg_prior"], batch["camera_height_m"],
-            camera_model, (ground.shape[-1], ground.shape[-2]), batch["K"],
-            pred.get("match_height_m"),
-        )  # fmt: skip
-        gt = gt_at_ground_pixels(
-            batch["gt_sat_uv_grd"], ground_uv, valid, panorama=camera_model == "panorama"
-        )
-        return (pred["match_dst_uv"] - gt).norm(dim=-1)
 
 
 def main() -> None:

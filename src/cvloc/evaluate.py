@@ -358,19 +358,18 @@ def gt_at_ground_pixels(
     return torch.where(valid[..., None], gt, gt.new_tensor(math.nan))
 
 
-def batch_match_precision(
+def match_gt_sat_uv(
     pred: dict[str, Any], batch: dict[str, Any], heights_m: torch.Tensor | None = None
-) -> list[dict[str, float | int]]:
-    """CVFM-style precision of each sample's matches (:func:`cvloc.metrics.match_precision`).
+) -> torch.Tensor:
+    """The GT satellite pixel of every match: its source lifted to the ground image.
 
     Args:
-        pred: ``match_src_uv`` / ``match_dst_uv`` (B, N, 2) (BEV cell placed with the prior
-            pose -> matched satellite pixel) and ``match_weight`` (B, N), the score.
+        pred: ``match_src_uv`` (B, N, 2), BEV cells placed with the prior pose.
         batch: the batch, with ``gt_sat_uv_grd`` (B, Hg, Wg, 2).
         heights_m: (B, N) height of each source's content (None = flat ground).
 
     Returns:
-        One :func:`cvloc.metrics.match_precision` dict per sample.
+        (B, N, 2) GT satellite pixels, NaN where the source's ground pixel has none.
     """
     camera_model = one_camera_model(batch["camera_model"])
     ground = batch["ground"]
@@ -387,7 +386,24 @@ def batch_match_precision(
         heights_m,
     )
     panorama = camera_model == "panorama"
-    gt = gt_at_ground_pixels(batch["gt_sat_uv_grd"], ground_uv, valid, panorama=panorama)
+    return gt_at_ground_pixels(batch["gt_sat_uv_grd"], ground_uv, valid, panorama=panorama)
+
+
+def batch_match_precision(
+    pred: dict[str, Any], batch: dict[str, Any], heights_m: torch.Tensor | None = None
+) -> list[dict[str, float | int]]:
+    """CVFM-style precision of each sample's matches (:func:`cvloc.metrics.match_precision`).
+
+    Args:
+        pred: ``match_src_uv`` / ``match_dst_uv`` (B, N, 2) (BEV cell placed with the prior
+            pose -> matched satellite pixel) and ``match_weight`` (B, N), the score.
+        batch: the batch, with ``gt_sat_uv_grd`` (B, Hg, Wg, 2).
+        heights_m: (B, N) height of each source's content (None = flat ground).
+
+    Returns:
+        One :func:`cvloc.metrics.match_precision` dict per sample.
+    """
+    gt = match_gt_sat_uv(pred, batch, heights_m)
     dst, weight = pred["match_dst_uv"], pred["match_weight"]
     return [match_precision(dst[b], gt[b], weight[b]) for b in range(len(gt))]
 
