@@ -61,7 +61,30 @@ class TestResNetEncoder:
         stem = enc.conv1((grey - enc.mean) / enc.std)
         assert stem.abs().max() < 1e-6
 
+    @pytest.mark.parametrize("norm", ["batch", "none"])
+    def test_stride_4_is_the_dilated_stride_8_network(self, norm):
+        # A trous equivalence, an independent check of the dilation plan: with the same
+        # weights, the stride-4 encoder's every second cell is the stride-8 encoder's
+        # output (exact up to rounding in eval mode; padding and borders included).
+        config = EncoderConfig(base_channels=8, blocks_per_stage=(1, 2, 2), norm=norm)
+        torch.manual_seed(0)
+        enc8 = ResNetEncoder(config, 6).eval()
+        enc4 = ResNetEncoder(config, 6, output_stride=4).eval()
+        if norm == "batch":  # non-trivial running statistics
+            for m in enc8.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.2, 0.2)
+                    m.running_var.uniform_(0.5, 2.0)
+        enc4.load_state_dict(enc8.state_dict())  # same names and shapes
+        image = torch.rand(2, 3, 40, 56)
+        with torch.no_grad():
+            out8, out4 = enc8(image), enc4(image)
+        assert out8.shape == (2, 6, 5, 7) and out4.shape == (2, 6, 10, 14)
+        torch.testing.assert_close(out4[..., ::2, ::2], out8, atol=1e-5, rtol=1e-5)
+
     def test_exception(self):
+        with pytest.raises(ValueError, match="output_stride"):
+            ResNetEncoder(TINY, 4, output_stride=2)
         with pytest.raises(ValueError, match="norm"):
             EncoderConfig(norm="layer")
         with pytest.raises(ValueError, match="blocks_per_stage"):

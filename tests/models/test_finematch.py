@@ -78,6 +78,16 @@ class TestFineMatch:
         assert (heights >= 0).all() and (heights <= 6.0 + 1e-5).all()
         assert torch.equal(heights, out["surface_height_m"].flatten(1))
 
+    def test_stride_4(self):
+        torch.manual_seed(0)
+        out = FineMatch(tiny(stride=4))(make_batch("pinhole", B=1, sat=64))
+        N = (64 // 4) ** 2
+        assert out["coupling"].shape == (1, N + 1, N + 1)
+        assert out["surface_height_m"].shape == (1, 1, 16, 16)
+        # BEV cell centres on the stride-4 grid, in satellite pixels.
+        assert out["match_src_uv"][0, 1].tolist() == [5.5, 1.5]
+        assert torch.isfinite(out["camera_uv_pred"]).all()
+
     @pytest.mark.parametrize(
         "changes",
         [
@@ -134,7 +144,7 @@ class TestFineMatch:
         with pytest.raises(ShapeError):
             model({**batch, "satellite": torch.rand(1, 3, 60, 64)})
         with pytest.raises(ValueError):
-            FineMatchConfig(stride=4)
+            FineMatchConfig(stride=16)
 
 
 def independent_projection(batch, src_uv, heights, camera_model):

@@ -22,6 +22,7 @@ from cvloc.geometry.geo import pixel_to_world_xy
 from cvloc.models.corr import CorrPyramid, shifted_match_scores
 from cvloc.models.encoders import (
     OUTPUT_STRIDE,
+    OUTPUT_STRIDES,
     EncoderConfig,
     ResNetEncoder,
     load_pretrained,
@@ -53,7 +54,9 @@ class DenseFlowConfig:
         corr_levels: correlation pyramid levels (4).
         corr_radius: correlation lookup radius (4).
         iters: GRU iterations (12).
-        stride: satellite pixels per feature cell; must be the encoders' stride, 8.
+        stride: satellite (and image) pixels per feature cell of the encoders: 8 (the
+            paper) or 4 (dilated, :class:`~cvloc.models.encoders.ResNetEncoder`; the
+            paper's metric cell size on coarser satellite images).
         use_ground_projection: False replaces the geometric projection by a bilinear resize
             of the ground feature map onto the satellite feature grid, every cell visible
             (ablation "w/o Ground Feature Projection", table 5).
@@ -83,8 +86,8 @@ class DenseFlowConfig:
     pose_stride: int = 1
 
     def __post_init__(self) -> None:
-        if self.stride != OUTPUT_STRIDE:
-            raise ValueError(f"stride must be the encoders' output stride {OUTPUT_STRIDE}")
+        if self.stride not in OUTPUT_STRIDES:
+            raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
         sizes = (self.out_dim, self.hidden_dim, self.context_dim, self.corr_levels)
         if min(sizes) < 1 or self.iters < 1 or self.pose_stride < 1 or self.corr_radius < 0:
             raise ValueError(f"sizes, iters and pose_stride must be positive, got {self}")
@@ -116,9 +119,11 @@ class DenseFlow(nn.Module):
     def __init__(self, config: DenseFlowConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else DenseFlowConfig()
-        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim)
-        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim)
-        self.context_encoder = ResNetEncoder(cfg.encoder, cfg.hidden_dim + cfg.context_dim)
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, cfg.stride)
+        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, cfg.stride)
+        self.context_encoder = ResNetEncoder(
+            cfg.encoder, cfg.hidden_dim + cfg.context_dim, cfg.stride
+        )
         if cfg.encoder.pretrained_path is not None:
             for encoder in (self.ground_encoder, self.satellite_encoder, self.context_encoder):
                 load_pretrained(encoder, cfg.encoder.pretrained_path)

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 
 from cvloc.geometry.bev import satellite_grid_uv
-from cvloc.models.encoders import OUTPUT_STRIDE, EncoderConfig, ResNetEncoder, load_pretrained
+from cvloc.models.encoders import (
+    OUTPUT_STRIDE,
+    OUTPUT_STRIDES,
+    EncoderConfig,
+    ResNetEncoder,
+    load_pretrained,
+)
 from cvloc.models.inputs import (
     LOCALIZER_INPUT_KEYS,
     bev_at_prior,
@@ -57,7 +63,7 @@ class FineMatchConfig:
         matching: similarity temperature, dustbin, match window and pose solver.
         feat_dim: channels of the encoder features lifted to the BEV.
         desc_dim: descriptor dimension D.
-        stride: satellite pixels per cell; must be the encoders' stride, 8.
+        stride: satellite pixels per cell, the encoders' stride: 8 or 4 (dilated).
         mixed_precision: autocast the CNNs on CUDA (similarity, refiner, coupling and
             pose stay in float32). No effect on CPU.
         amp_dtype: ``"bfloat16"`` or ``"float16"``.
@@ -74,8 +80,8 @@ class FineMatchConfig:
     amp_dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
-        if self.stride != OUTPUT_STRIDE:
-            raise ValueError(f"stride must be the encoders' output stride {OUTPUT_STRIDE}")
+        if self.stride not in OUTPUT_STRIDES:
+            raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
         if min(self.feat_dim, self.desc_dim) < 1:
             raise ValueError(f"feat_dim and desc_dim must be positive, got {self}")
         if self.amp_dtype not in AMP_DTYPES:
@@ -87,8 +93,8 @@ class FineMatch(nn.Module):
 
     ``forward(batch)`` reads the keys of :attr:`required_keys` (schema
     :mod:`cvloc.data.batch`; never the ground truth) and returns a new dict. The BEV is the
-    satellite feature grid (Hf x Wf = Hs / 8 x Ws / 8, N = M = Hf Wf cells, n = i Wf + j)
-    placed with the camera at the prior pose:
+    satellite feature grid (Hf x Wf = Hs / s x Ws / s at the stride s, N = M = Hf Wf cells,
+    n = i Wf + j) placed with the camera at the prior pose:
 
     - ``camera_uv_pred`` (B, 2), ``camera_xy_pred`` (B, 2), ``yaw_deg_pred`` (B,): the pose.
     - ``match_src_uv`` (B, N, 2): BEV cell centres in satellite pixels; ``match_dst_uv``
@@ -112,8 +118,8 @@ class FineMatch(nn.Module):
     def __init__(self, config: FineMatchConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else FineMatchConfig()
-        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim)
-        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim)
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim, cfg.stride)
+        self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim, cfg.stride)
         if cfg.encoder.pretrained_path is not None:
             for encoder in (self.ground_encoder, self.satellite_encoder):
                 load_pretrained(encoder, cfg.encoder.pretrained_path)

@@ -92,7 +92,7 @@ def bev_at_prior(
     read from the batch.
 
     Convention: as :func:`cvloc.geometry.bev.bev_from_prior`; the grid has one cell per
-    ``OUTPUT_STRIDE`` satellite pixels.
+    ``Ws / W`` satellite pixels (the encoders' stride).
 
     Args:
         features: (B, C, h, w) ground feature map covering the whole ground image.
@@ -117,7 +117,7 @@ def bev_at_prior(
         batch["yaw_deg_prior"],
         batch["camera_height_m"],
         grid_hw,
-        float(OUTPUT_STRIDE),
+        batch["satellite"].shape[-1] / grid_hw[1],
         heights_m=heights_m,
     )
 

@@ -155,7 +155,7 @@ class UpdateBlock(nn.Module):
         hidden_dim: channels of the GRU state.
         context_dim: channels of the context features.
         corr_channels: channels of the correlation lookup.
-        scale: upsampling factor s of the convex mask (the feature stride, 8).
+        scale: upsampling factor s of the convex mask (the feature stride, 8 or 4).
         use_confidence: whether to build the confidence head.
         config: widths.
     """
