@@ -242,3 +242,21 @@ def test_shipped_weights_load_by_name_and_localize(path):
         torch.isfinite(pred["camera_xy_pred"]).all() and torch.isfinite(pred["yaw_deg_pred"]).all()
     )
     assert (pred["match_weight"] >= 0).all() and (pred["match_weight"] <= 1 + 1e-6).all()
+
+
+def test_init_modules_across_strides(checkpoint, cfg):
+    # A stride-4 DenseFlow starts from a stride-8 one: every module but the convex
+    # upsampling mask head (9 s^2 channels), named by its dotted prefix.
+    path, denseflow = checkpoint
+    stride4 = build_model(load_config("overfit", ["model.denseflow.stride=4"]).model)
+    before = {k: v.clone() for k, v in stride4.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"update\.mask_head\.2\.weight"):
+        init_weights(stride4, path, ["update"])
+    parts = ["ground_encoder", "satellite_encoder", "context_encoder", "refine", "update.gru"]
+    init_weights(stride4, path, [*parts, "update.encoder", "update.flow_head"])
+    source = denseflow.state_dict()
+    for key, value in stride4.state_dict().items():
+        if key.startswith(("update.mask_head.", "update.confidence_head.")):
+            assert torch.equal(value, before[key]), key
+        else:
+            assert torch.equal(value, source[key]), key

@@ -196,7 +196,8 @@ def init_weights(
     Args:
         model: the model to fill.
         name_or_path: checkpoint, weights file or shipped weights name.
-        modules: names of the model's top-level sub-modules to fill (``()``: all of it).
+        modules: names of the model's sub-modules to fill (``()``: all of it); dotted
+            names reach nested ones (``update.gru``).
 
     Raises:
         FileNotFoundError: see :func:`resolve_checkpoint`.
