@@ -162,7 +162,6 @@ class ResNetEncoder(nn.Module):
         super().__init__()
         if output_stride not in OUTPUT_STRIDES:
             raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
-        self.output_stride = output_stride
         c, norm, blocks = config.base_channels, config.norm, config.blocks_per_stage
         widths = (c, 2 * c, 4 * c)
         # Stride 4: layer2 keeps the resolution and what follows its first 3x3 convolution
