@@ -1,3 +1,4 @@
+import hashlib
 import json
 import math
 
@@ -172,19 +173,25 @@ EXPECTED = {
 
 
 @pytest.mark.parametrize("batch_size", [1, 3])
-def test_evaluate_metrics_of_known_predictions(batch_size):
+def test_evaluate_metrics_of_known_predictions(batch_size, tmp_path):
     dataset = [make_item(i) for i in range(4)]
+    weights = tmp_path / "x.pt"
+    weights.write_bytes(b"weights of the stub")
     result = evaluate(
         StubModel(),
         dataset,
         batch_size=batch_size,
         progress=False,
         method="stub",
-        checkpoint="x.pt",
+        checkpoint=str(weights),
     )
     for key, value in EXPECTED.items():
         assert result[key] == pytest.approx(value, abs=1e-5), key
-    assert result["method"] == "stub" and result["checkpoint"] == "x.pt"
+    assert result["method"] == "stub" and result["checkpoint"] == str(weights)
+    # The result names the exact bytes it was computed with.
+    assert result["checkpoint_sha256"] == hashlib.sha256(b"weights of the stub").hexdigest()
+    with pytest.raises(FileNotFoundError, match=r"missing\.pt"):
+        evaluate(StubModel(), dataset, progress=False, checkpoint=str(tmp_path / "missing.pt"))
     rows = evaluate(StubModel(), dataset, batch_size, progress=False, per_sample=True)
     per_sample = rows["per_sample"]
     assert per_sample["name"] == [item["name"] for item in dataset]
@@ -208,6 +215,7 @@ def test_evaluate_defaults_and_pose_only_models():
 
     result = evaluate(PoseOnly(), [make_item(0)], progress=False)
     assert result["method"] == "PoseOnly" and result["checkpoint"] is None
+    assert result["checkpoint_sha256"] is None
     assert "per_sample" not in result
     assert not any(k.startswith(("flow_", "match_")) for k in result)
     assert result["yaw_mean_deg"] == 0.0

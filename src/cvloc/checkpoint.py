@@ -19,6 +19,7 @@ so that an interruption never leaves a truncated file under the final name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -127,6 +128,28 @@ def resolve_checkpoint(name_or_path: str | os.PathLike) -> Path:
         f"{name_or_path!s}: neither a file nor shipped weights in {weights_dir()} "
         f"(available: {available or 'none'})"
     )
+
+
+def checkpoint_sha256(name_or_path: str | os.PathLike) -> str:
+    """The SHA-256 of a checkpoint's file, so that results name the exact weights.
+
+    A weights name resolves to a file whose content changes when new weights ship; results
+    files record this digest beside the name, which makes stale results detectable.
+
+    Args:
+        name_or_path: a file path or a shipped weights name (see :func:`resolve_checkpoint`).
+
+    Returns:
+        The hex digest of the resolved file's bytes.
+
+    Raises:
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+    """
+    digest = hashlib.sha256()
+    with resolve_checkpoint(name_or_path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def load_model(

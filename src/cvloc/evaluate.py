@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from cvloc.checkpoint import checkpoint_sha256
 from cvloc.data.batch import camera_xy, collate, one_camera_model
 from cvloc.geometry.bev import lift_to_ground_image
 from cvloc.geometry.checks import check_same_batch, check_shape
@@ -68,7 +69,9 @@ def evaluate(
         device: where the model runs.
         progress: show a progress bar.
         method: the ``method`` value of the result; defaults to the model's class name.
-        checkpoint: the ``checkpoint`` value of the result (None for non-learned methods).
+        checkpoint: the ``checkpoint`` value of the result (None for non-learned methods):
+            a file or shipped weights name, whose file's digest the result also records
+            as ``checkpoint_sha256``.
         per_sample: also return ``per_sample``: ``name``, ``location_error_m`` and
             ``yaw_error_deg`` (absolute, wrapped) of every pair, in dataset order.
 
@@ -80,11 +83,15 @@ def evaluate(
 
     Raises:
         ValueError: the dataset is empty or ``batch_size`` < 1.
+        FileNotFoundError: ``checkpoint`` names no file
+            (:func:`cvloc.checkpoint.resolve_checkpoint`).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if len(dataset) == 0:  # type: ignore[arg-type]
         raise ValueError("evaluate: the dataset is empty")
+    # Before the run: a checkpoint that does not resolve fails now, not after it.
+    digest = None if checkpoint is None else checkpoint_sha256(checkpoint)
     device = torch.device(device)
     model = model.to(device).eval()
     loader = DataLoader(
@@ -119,6 +126,7 @@ def evaluate(
     result: dict[str, Any] = {
         "method": method or type(model).__name__,
         "checkpoint": checkpoint,
+        "checkpoint_sha256": digest,
         **metrics,
         "seconds_per_pair": forward_s / metrics["num_samples"],
     }
