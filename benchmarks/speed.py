@@ -7,7 +7,8 @@ Reproduce the recorded results (on an otherwise idle machine; about 10 min on 2 
     python benchmarks/speed.py --repeats 10 --threads 1
     python benchmarks/speed.py --method finematch --repeats 5 --threads 1
 
-(``--threads 2 --out benchmarks/results/denseflow_speed_2threads.json`` for two threads.)
+(``--threads 2 --out benchmarks/results/denseflow_speed_2threads.json`` for two threads;
+``--set model.denseflow.stride=4 --out ...`` measures every model with config overrides.)
 
 Every measurement runs in a fresh process, so its peak resident memory (``ru_maxrss``,
 imports included) belongs to one configuration; ``rss_before`` is the resident memory after
@@ -43,7 +44,7 @@ from typing import Any
 import torch
 
 from common import RESULTS, machine, write_json
-from cvloc.config import load_config
+from cvloc.config import ConfigError, load_config
 from cvloc.data.batch import collate
 from cvloc.data.pairs import pair_to_item
 from cvloc.data.synthetic import generate_pair
@@ -91,7 +92,8 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     """Time one configuration (runs in its own process).
 
     Args:
-        task: ``kind`` ("inference" or "training"), ``config`` (preset name), ``size``,
+        task: ``kind`` ("inference" or "training"), ``config`` (preset name),
+            ``overrides`` (its ``key=value`` overrides), ``size``,
             ``batch``, ``device``, ``threads``, ``warmup``, ``repeats`` and ``batch_cpu``
             (the inputs, made by the parent).
 
@@ -102,7 +104,7 @@ def measure(task: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(task["threads"])
     torch.manual_seed(0)
     device = torch.device(task["device"])
-    cfg = load_config(task["config"])
+    cfg = load_config(task["config"], task["overrides"])
     model = build_model(cfg.model).to(device)
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in task["batch_cpu"].items()}
     if task["kind"] == "training":
@@ -156,6 +158,7 @@ def tasks(args: argparse.Namespace) -> list[dict[str, Any]]:
             "kind": kind,
             "model": model,
             "config": models[model],
+            "overrides": args.set,
             "size": size,
             "batch": len(batch["name"]),
             "device": device,
@@ -205,9 +208,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--note", default="", help="free text stored with the results")
+    parser.add_argument(
+        "--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides, all models"
+    )
     parser.add_argument("--out", type=Path, help="results JSON (default: METHOD_speed.json)")
     args = parser.parse_args()
     out = args.out or RESULTS / f"{args.method}_speed.json"
+    for name in PRESETS[args.method].values():
+        try:  # a bad override fails here, not in a worker process
+            load_config(name, args.set)
+        except ConfigError as exc:
+            raise SystemExit(f"--set: {exc}") from exc
     rows = []
     context = multiprocessing.get_context("spawn")  # a fresh process: its own peak memory
     for task in tasks(args):
