@@ -5,7 +5,7 @@ on 2 CPU cores; ``--methods`` with ``--merge`` re-runs only what changed)::
 
     python benchmarks/method_comparison.py --num 500 --workers 2 \\
         --checkpoint DenseFlow:kitti-small=denseflow-synth-kitti-small \\
-        --checkpoint FineMatch:kitti-small=training/finematch-synth-kitti-small-stageB/best.pt
+        --checkpoint FineMatch:kitti-small=finematch-synth-kitti-small
 
 Every method runs on the same fixed synthetic test pairs (seed 0, written once per preset
 and area under ``--data-dir`` and reused), same area and cross area, for each ``--presets``
