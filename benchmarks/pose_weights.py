@@ -1,6 +1,6 @@
 r"""How much of DenseFlow's pose error is the weighting of its flow? A diagnosis on val pairs.
 
-Reproduce the recorded results (about 3 min per checkpoint on 2 CPU cores)::
+Reproduce the recorded results (about 4 min per checkpoint on 2 CPU cores)::
 
     python benchmarks/pose_weights.py --num 100 \
         --checkpoints denseflow-synth-kitti-small \
