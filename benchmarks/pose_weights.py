@@ -48,6 +48,7 @@ from common import (
 )
 from cvloc.evaluate import evaluate
 from cvloc.geometry.pose import wrap_deg
+from cvloc.models.denseflow import DenseFlow
 from cvloc.models.inputs import known_heading
 from cvloc.models.pose_head import flow_from_pose, pose_from_flow
 
@@ -167,7 +168,7 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         model, _ = load_or_exit(checkpoint)
-        if not hasattr(model, "config") or not hasattr(model.config, "pose_stride"):
+        if not isinstance(model, DenseFlow):
             raise SystemExit(f"{checkpoint}: not a DenseFlow model (no dense flow to re-fit)")
         results[checkpoint] = {}
         for label, weighting, value in weightings:
