@@ -321,6 +321,27 @@ class TestWarpToBev:
             bev = warp_to_bev(features, uv, valid, size, panorama)
             assert torch.allclose(bev[0].permute(1, 2, 3, 0), uv[0], atol=1e-9)
 
+    @pytest.mark.parametrize("offset", [-2.0, 1.5, 3.5])
+    def test_feature_offset(self, offset):
+        # Each cell holds the pixel it describes, offset from the pixel-centre convention;
+        # read with that offset, sampling returns the query pixel.
+        size, (h, w) = (64, 48), (12, 16)
+        u_c = (torch.arange(w, dtype=torch.float64) + 0.5) * size[0] / w - 0.5 + offset
+        v_c = (torch.arange(h, dtype=torch.float64) + 0.5) * size[1] / h - 0.5 + offset
+        vv, uu = torch.meshgrid(v_c, u_c, indexing="ij")
+        features = torch.stack([uu, vv])[None]
+        t = torch.rand(
+            1, 1, 4, 6, 2, generator=torch.Generator().manual_seed(2), dtype=torch.float64
+        )
+        lo, hi = torch.stack([u_c[0], v_c[0]]), torch.stack([u_c[-1], v_c[-1]])
+        uv = lo + t * (hi - lo)
+        valid = torch.ones(1, 1, 4, 6, dtype=torch.bool)
+        bev = warp_to_bev(features, uv, valid, size, feature_offset_px=offset)
+        assert torch.allclose(bev[0].permute(1, 2, 3, 0), uv[0], atol=1e-9)
+        assert not torch.allclose(
+            warp_to_bev(features, uv, valid, size)[0].permute(1, 2, 3, 0), uv[0]
+        )
+
     def test_panorama_seam(self):
         size, w = (64, 32), 16
         az_centres = (torch.arange(w, dtype=torch.float64) + 0.5) / w * 360.0 - 180.0
@@ -460,9 +481,66 @@ class TestBevFromPrior:
         # Cells behind a pinhole camera or outside the image stay empty.
         assert (bev[0, 0].numpy()[~valid[0].numpy()] == 0).all()
 
+    @pytest.mark.parametrize(
+        ("camera_model", "size"), [("pinhole", (320, 240)), ("panorama", (512, 256))]
+    )
+    def test_samples_per_cell_average_the_footprint(self, camera_model, size):
+        # A cell with n x n samples is the mean of the texture at n x n points spread evenly
+        # over its footprint, computed here from the cell corners in world metres.
+        n, stride, grid = 3, 4.0, 16
+        args = _prior_batch(1, camera_model, size)
+        cu, cv = args["sat_center_uv"][0].tolist()
+        cam_uv = args["camera_uv_prior"][0].numpy()
+        cam_xy = np.array([cam_uv[0] - cu, -(cam_uv[1] - cv)]) * 0.2
+        K = None if args["K"] is None else args["K"][0].numpy()
+        image = render_plane(camera_model, size, cam_xy, args["yaw_deg_prior"].item(), K)
+        features = torch.from_numpy(image)[None, None]
+        bev, valid = bev_from_prior(
+            features, grid_hw=(grid, grid), stride=stride, samples_per_cell=n, **args
+        )
+        assert bev.shape == (1, 1, grid, grid) and valid.shape == (1, grid, grid)
+        offsets = (np.arange(n) + 0.5) / n * stride  # sub-point centres from the cell corner
+        corner_u = np.arange(grid) * stride - 0.5  # the left edge of cell j, pixels
+        su = (corner_u[:, None] + offsets[None]).reshape(-1)
+        sub_u, sub_v = np.meshgrid(su, su, indexing="xy")
+        x, y = (sub_u - cu) * 0.2, -(sub_v - cv) * 0.2
+        expected = texture(x, y).reshape(grid, n, grid, n).mean(axis=(1, 3))
+        dist = np.hypot(x - cam_xy[0], y - cam_xy[1]).reshape(grid, n, grid, n)
+        # Compare the cells whose every sample is in view (the fine grid's point samples).
+        _, fine_valid = bev_from_prior(
+            features, grid_hw=(grid * n, grid * n), stride=stride / n, **args
+        )
+        in_view = fine_valid[0].numpy().reshape(grid, n, grid, n).all(axis=(1, 3))
+        near = ((dist > 1.5) & (dist < 6.0)).all(axis=(1, 3)) & in_view
+        assert near.sum() > 10 and (valid[0].numpy() >= in_view).all()
+        err = np.abs(bev[0, 0].numpy() - expected)[near]
+        assert err.max() < 0.03, err.max()
+        # One sample per cell is the default (eq. 1).
+        one, one_valid = bev_from_prior(features, grid_hw=(grid, grid), stride=stride, **args)
+        same, same_valid = bev_from_prior(
+            features, grid_hw=(grid, grid), stride=stride, samples_per_cell=1, **args
+        )
+        assert torch.equal(one, same) and torch.equal(one_valid, same_valid)
+
+    def test_samples_per_cell_average_only_visible_points(self):
+        # Constant features: every cell with a visible sample is exactly the constant, also
+        # where part of its footprint is out of view (a mean over visible points only).
+        args = _prior_batch(2, "pinhole", (64, 48))
+        features = torch.full((2, 2, 6, 8), 3.0, dtype=torch.float64)
+        heights = torch.tensor([0.0, 1.0])
+        bev, valid = bev_from_prior(
+            features, grid_hw=(8, 8), stride=8.0, heights_m=heights, samples_per_cell=4, **args
+        )
+        assert bev.shape == (2, 2, 2, 8, 8) and valid.shape == (2, 2, 8, 8)
+        assert valid.any() and not valid.all()
+        on = valid[:, None].expand_as(bev)
+        assert (bev[on] == 3.0).all() and (bev[~on] == 0).all()
+
     def test_exception(self):
         args = _prior_batch(2, "pinhole", (64, 48))
         features = torch.randn(2, 4, 6, 8, dtype=torch.float64)
+        with pytest.raises(ValueError, match="samples_per_cell"):
+            bev_from_prior(features, grid_hw=(8, 8), stride=8.0, samples_per_cell=0, **args)
         with pytest.raises(ValueError, match="K is required"):
             bev_from_prior(features, grid_hw=(8, 8), stride=8.0, **{**args, "K": None})
         with pytest.raises(ShapeError):

@@ -4,6 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cvloc.geometry.bev import warp_to_bev
 from cvloc.geometry.cameras import intrinsics_from_hfov
 from cvloc.geometry.checks import ShapeError
 from cvloc.geometry.geo import pixel_to_world_xy
@@ -144,6 +145,31 @@ class TestDenseFlow:
         differ = [k for k, v in model.state_dict().items() if v.shape != own8[k].shape]
         assert differ == ["update.mask_head.2.weight", "update.mask_head.2.bias"]
 
+    def test_dense_ground_features_read_as_trained(self):
+        # A stride-8 model's weights in a model with ground_stride 4: where the stride-8
+        # ground map has its cells (the pixel-centre convention, 8 j + 3.5), the denser map
+        # read with the model's offset gives the same features.
+        torch.manual_seed(0)
+        coarse = DenseFlow(TINY).eval()
+        dense = DenseFlow(dataclasses.replace(TINY, ground_stride=4, bev_samples=2)).eval()
+        dense.load_state_dict(coarse.state_dict())
+        assert (coarse.ground_offset_px, dense.ground_offset_px) == (0.0, 2.0)
+        ground = make_batch()["ground"]
+        f8, f4 = coarse.ground_encoder(ground), dense.ground_encoder(ground)
+        assert f4.shape[-2:] == (2 * f8.shape[-2], 2 * f8.shape[-1])
+        v, u = torch.meshgrid(
+            torch.arange(1, 7) * 8 + 3.5, torch.arange(1, 31) * 8 + 3.5, indexing="ij"
+        )
+        uv = torch.stack([u, v], -1)[None, None].expand(2, 1, 6, 30, 2)
+        valid = torch.ones(2, 1, 6, 30, dtype=torch.bool)
+        size = (ground.shape[-1], ground.shape[-2])
+        expected = warp_to_bev(f8, uv, valid, size)
+        got = warp_to_bev(f4, uv, valid, size, feature_offset_px=dense.ground_offset_px)
+        assert torch.allclose(got, expected, atol=1e-5)
+        # Half a dense cell off, the features differ: the offset is not a no-op.
+        assert not torch.allclose(warp_to_bev(f4, uv, valid, size), expected, atol=1e-3)
+        _check_outputs(dense(make_batch()), 2, 128, 128, TINY.iters)
+
     def test_geometry_stays_float32_under_autocast(self):
         # mixed_precision autocasts on CUDA only; an outer CPU bfloat16 autocast exercises
         # the same dtype plumbing: geometry, correlation, upsampling and pose in float32.
@@ -212,7 +238,16 @@ class TestDenseFlowConfig:
         )
 
     @pytest.mark.parametrize(
-        "override", [{"stride": 16}, {"iters": 0}, {"pose_stride": 0}, {"amp_dtype": "int8"}]
+        "override",
+        [
+            {"stride": 16},
+            {"iters": 0},
+            {"pose_stride": 0},
+            {"amp_dtype": "int8"},
+            {"ground_stride": 2},
+            {"stride": 4, "ground_stride": 8},
+            {"bev_samples": 0},
+        ],
     )
     def test_exception(self, override):
         with pytest.raises(ValueError):

@@ -197,6 +197,7 @@ def warp_to_bev(
     valid: torch.Tensor,
     ground_size: tuple[int, int],
     panorama: bool = False,
+    feature_offset_px: float = 0.0,
 ) -> torch.Tensor:
     """Bilinearly sample a ground feature map at ground-image pixel locations.
 
@@ -209,6 +210,9 @@ def warp_to_bev(
     one feature column is padded circularly on each side, so the seam interpolates between
     the last and the first column. Sampling runs in at least fp32 with autocast off
     (fp16 / bf16 features are sampled in fp32); the result has the dtype of ``features``.
+    ``feature_offset_px`` moves every feature cell by that many ground pixels along u and
+    v: cell (i, j) is read as describing pixel ((j + 0.5) W / w - 0.5 + o, (i + 0.5) H / h
+    - 0.5 + o), so the map is sampled at uv - o.
 
     Args:
         features: (B, C, h, w) ground feature map.
@@ -216,6 +220,8 @@ def warp_to_bev(
         valid: (B, Z, H, W) bool mask of the cells to sample.
         ground_size: (W, H) of the ground image in pixels (the frame of ``uv``).
         panorama: whether the ground image is an equirectangular panorama.
+        feature_offset_px: o, the offset of the feature cells from the pixel-centre
+            convention, ground pixels.
 
     Returns:
         bev: (B, C, Z, H, W) sampled features, zero where not valid.
@@ -235,7 +241,7 @@ def warp_to_bev(
     valid = valid.to(torch.bool)
     with torch.autocast(device_type=features.device.type, enabled=False):
         feats = features.to(dtype)
-        u, v = uv.to(dtype).unbind(-1)
+        u, v = (uv.to(dtype) - feature_offset_px).unbind(-1)
         if panorama:
             feats = torch.cat([feats[..., -1:], feats, feats[..., :1]], dim=-1)
             # Feature column of u is (u + 0.5) w / W - 0.5, one more in the padded map.
@@ -269,6 +275,8 @@ def bev_from_prior(
     grid_hw: tuple[int, int],
     stride: float,
     heights_m: torch.Tensor | None = None,
+    samples_per_cell: int = 1,
+    feature_offset_px: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground features on the satellite feature grid, assuming the camera is at the prior.
 
@@ -281,6 +289,11 @@ def bev_from_prior(
     origin at ``sat_center_uv``; yaw clockwise from north; a level camera
     (:func:`cvloc.geometry.pose.world_to_cam_from_pose` with pitch = roll = 0). Without
     ``heights_m`` the flat ground (height 0) is used and the height axis is dropped.
+    With ``samples_per_cell`` n > 1 each cell is the mean of n x n points on a regular
+    sub-grid of its footprint (the cell centres of the grid at ``stride / n``), over the
+    points that are visible; a cell is valid when any of them is. The eq. 1 point sample
+    aliases near the camera, where one cell covers many ground-image pixels: the mean is
+    the cell's area average, as a satellite feature is.
 
     Args:
         features: (B, C, h, w) ground feature map covering the whole ground image.
@@ -295,11 +308,18 @@ def bev_from_prior(
         grid_hw: (H, W) of the satellite feature grid.
         stride: satellite image pixels per grid cell.
         heights_m: optional (Z,) or (B, Z) heights above ground to lift at, metres.
+        samples_per_cell: n, points per cell along each axis (>= 1).
+        feature_offset_px: see :func:`warp_to_bev`.
 
     Returns:
         bev: (B, C, H, W), or (B, C, Z, H, W) with ``heights_m``; zero where not valid.
         valid: (B, H, W), or (B, Z, H, W) with ``heights_m``, bool.
+
+    Raises:
+        ValueError: ``samples_per_cell`` < 1.
     """
+    if samples_per_cell < 1:
+        raise ValueError(f"samples_per_cell must be >= 1, got {samples_per_cell}")
     check_shape(sat_center_uv, ["B", 2], "sat_center_uv")
     check_shape(m_per_px, ["B"], "m_per_px")
     check_shape(camera_uv_prior, ["B", 2], "camera_uv_prior")
@@ -315,9 +335,12 @@ def bev_from_prior(
     )
     dtype = _float_at_least_32(sat_center_uv, m_per_px, camera_uv_prior, yaw_deg_prior)
     device = sat_center_uv.device
+    n = samples_per_cell
     with torch.autocast(device_type=device.type, enabled=False):
         center, m = sat_center_uv.to(dtype), m_per_px.to(dtype)
-        grid_uv = satellite_grid_uv(grid_hw[0], grid_hw[1], stride, dtype, device)
+        # The n x n sub-cells of cell (i, j) are rows i n .. i n + n - 1 and columns likewise
+        # of the grid at stride / n: their centres average to the cell's centre.
+        grid_uv = satellite_grid_uv(grid_hw[0] * n, grid_hw[1] * n, stride / n, dtype, device)
         points_xy = pixel_to_world_xy(grid_uv[None], center[:, None, None], m[:, None, None])
         camera_xy = pixel_to_world_xy(camera_uv_prior.to(dtype), center, m)
         world_to_cam = world_to_cam_from_pose(
@@ -328,10 +351,25 @@ def bev_from_prior(
     uv, valid = lift_to_ground_image(
         points_xy, heights, world_to_cam, camera_model, ground_size, K
     )
-    bev = warp_to_bev(features, uv, valid, ground_size, panorama=camera_model == "panorama")
+    panorama = camera_model == "panorama"
+    bev = warp_to_bev(features, uv, valid, ground_size, panorama, feature_offset_px)
+    if n > 1:
+        bev, valid = _cell_means(bev, valid, n)
     if flat:
         return bev[:, :, 0], valid[:, 0]
     return bev, valid
+
+
+def _cell_means(
+    bev: torch.Tensor, valid: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, Z, H n, W n) samples -> (B, C, Z, H, W) means over the valid ones, validity."""
+    B, C, Z, Hn, Wn = bev.shape
+    total = F.avg_pool2d(bev.reshape(B, C * Z, Hn, Wn), n)  # invalid samples are zero
+    count = F.avg_pool2d(valid.to(bev.dtype).reshape(B, Z, Hn, Wn), n)
+    H, W = count.shape[-2:]
+    mean = total.reshape(B, C, Z, H, W) / count.clamp_min(1.0 / (n * n))[:, None]
+    return mean, count > 0
 
 
 def _check_grid_size(height: int, width: int) -> None:

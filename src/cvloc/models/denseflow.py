@@ -4,6 +4,12 @@ Composition only; every stage lives in its own module: encoders (:mod:`.encoders
 ground-to-BEV projection at the prior pose (:func:`cvloc.geometry.bev.bev_from_prior`),
 the RefineBlock (:mod:`.refine`), the correlation pyramid (:mod:`.corr`), the recurrent
 update (:mod:`.update`) and the pose from the flow (:mod:`.pose_head`).
+
+Two options beyond the paper sharpen the projection without changing any weight's shape
+(:class:`DenseFlowConfig`): ``ground_stride=4`` computes the ground and context features
+at twice the density of a stride-8 satellite grid, and ``bev_samples=n`` makes each BEV
+cell the mean of n x n projected points over its footprint instead of one point at its
+centre. Both default to the paper's projection.
 """
 
 from __future__ import annotations
@@ -57,6 +63,17 @@ class DenseFlowConfig:
         stride: satellite (and image) pixels per feature cell of the encoders: 8 (the
             paper) or 4 (dilated, :class:`~cvloc.models.encoders.ResNetEncoder`; the
             paper's metric cell size on coarser satellite images).
+        ground_stride: output stride of the ground and context encoders, 8 or 4 and at
+            most ``stride``; None: ``stride``. A denser ground map than the satellite grid
+            (the same weights, dilated) gives each BEV sample a feature computed where it
+            falls instead of one interpolated between coarse cells. The encoder's cell j
+            is centred on image pixel ``ground_stride j`` (its convolutions are padded
+            symmetrically), not on the pixel-centre convention's ``ground_stride (j +
+            0.5) - 0.5``; weights trained at ``stride`` learned that convention's offset
+            of (stride - 1) / 2 pixels, so the denser map is read with the same offset
+            (:func:`cvloc.geometry.bev.warp_to_bev`, ``feature_offset_px``).
+        bev_samples: points averaged per BEV cell along each axis (1: eq. 1's one point
+            at the cell centre; :func:`cvloc.geometry.bev.bev_from_prior`).
         use_ground_projection: False replaces the geometric projection by a bilinear resize
             of the ground feature map onto the satellite feature grid, every cell visible
             (ablation "w/o Ground Feature Projection", table 5).
@@ -78,6 +95,8 @@ class DenseFlowConfig:
     corr_radius: int = 4
     iters: int = 12
     stride: int = OUTPUT_STRIDE
+    ground_stride: int | None = None
+    bev_samples: int = 1
     use_ground_projection: bool = True
     use_refine_block: bool = True
     use_confidence: bool = True
@@ -88,6 +107,15 @@ class DenseFlowConfig:
     def __post_init__(self) -> None:
         if self.stride not in OUTPUT_STRIDES:
             raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
+        if self.ground_stride is not None and (
+            self.ground_stride not in OUTPUT_STRIDES or self.ground_stride > self.stride
+        ):
+            raise ValueError(
+                f"ground_stride must be one of {OUTPUT_STRIDES} and at most stride "
+                f"{self.stride}, got {self.ground_stride}"
+            )
+        if self.bev_samples < 1:
+            raise ValueError(f"bev_samples must be >= 1, got {self.bev_samples}")
         sizes = (self.out_dim, self.hidden_dim, self.context_dim, self.corr_levels)
         if min(sizes) < 1 or self.iters < 1 or self.pose_stride < 1 or self.corr_radius < 0:
             raise ValueError(f"sizes, iters and pose_stride must be positive, got {self}")
@@ -119,10 +147,14 @@ class DenseFlow(nn.Module):
     def __init__(self, config: DenseFlowConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else DenseFlowConfig()
-        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, cfg.stride)
+        ground_stride = cfg.stride if cfg.ground_stride is None else cfg.ground_stride
+        # Ground pixels from the pixel-centre convention to where the ground encoder's cells
+        # are read (ground_stride's docstring above); 0 when ground_stride == stride.
+        self.ground_offset_px = (cfg.stride - ground_stride) / 2
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, ground_stride)
         self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, cfg.stride)
         self.context_encoder = ResNetEncoder(
-            cfg.encoder, cfg.hidden_dim + cfg.context_dim, cfg.stride
+            cfg.encoder, cfg.hidden_dim + cfg.context_dim, ground_stride
         )
         if cfg.encoder.pretrained_path is not None:
             for encoder in (self.ground_encoder, self.satellite_encoder, self.context_encoder):
@@ -273,7 +305,13 @@ class DenseFlow(nn.Module):
         if not self.config.use_ground_projection:
             bev = F.interpolate(features, size=grid_hw, mode="bilinear", align_corners=False)
             return bev, torch.ones_like(bev[:, 0], dtype=torch.bool)
-        return bev_at_prior(features, batch, grid_hw)
+        return bev_at_prior(
+            features,
+            batch,
+            grid_hw,
+            samples_per_cell=self.config.bev_samples,
+            feature_offset_px=self.ground_offset_px,
+        )
 
     def _iterate(
         self,

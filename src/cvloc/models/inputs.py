@@ -85,6 +85,8 @@ def bev_at_prior(
     batch: dict[str, Any],
     grid_hw: tuple[int, int],
     heights_m: torch.Tensor | None = None,
+    samples_per_cell: int = 1,
+    feature_offset_px: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Ground features on the satellite feature grid of a batch, the camera at its prior.
 
@@ -100,6 +102,9 @@ def bev_at_prior(
             ``m_per_px``, ``camera_uv_prior``, ``yaw_deg_prior``, ``camera_height_m``).
         grid_hw: (H, W) of the satellite feature grid.
         heights_m: optional (Z,) heights above ground to lift at (a volume).
+        samples_per_cell: points averaged per cell along each axis.
+        feature_offset_px: offset of the feature cells from the pixel-centre convention,
+            ground pixels (:func:`cvloc.geometry.bev.warp_to_bev`).
 
     Returns:
         bev (B, C, H, W) or (B, C, Z, H, W), and validity (B, H, W) or (B, Z, H, W).
@@ -119,6 +124,8 @@ def bev_at_prior(
         grid_hw,
         batch["satellite"].shape[-1] / grid_hw[1],
         heights_m=heights_m,
+        samples_per_cell=samples_per_cell,
+        feature_offset_px=feature_offset_px,
     )
 
 
