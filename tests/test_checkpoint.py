@@ -68,6 +68,24 @@ def test_load_model_restores_weights_and_config(checkpoint, cfg):
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_load_model_overrides_keep_the_weights(checkpoint, cfg):
+    path, model = checkpoint
+    loaded, loaded_cfg = load_model(
+        path, overrides=["model.denseflow.bev_samples=3", "model.denseflow.ground_stride=4"]
+    )
+    assert (loaded.config.bev_samples, loaded.config.ground_stride) == (3, 4)
+    assert loaded_cfg.model.denseflow == loaded.config and loaded_cfg.train == cfg.train
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    # An override that changes a tensor's shape, an unknown key, a bad value: refused.
+    with pytest.raises(CheckpointError, match=r"shape mismatch.*ground_encoder\.proj\.weight"):
+        load_model(path, overrides=["model.denseflow.out_dim=24"])
+    with pytest.raises(CheckpointError, match=r"overrides \['model.denseflow.nope=1'\]"):
+        load_model(path, overrides=["model.denseflow.nope=1"])
+    with pytest.raises(CheckpointError, match="bev_samples"):
+        load_model(path, overrides=["model.denseflow.bev_samples=0"])
+
+
 def test_missing_file_is_named(tmp_path):
     path = tmp_path / "nothing.pt"
     with pytest.raises(FileNotFoundError, match=r"nothing\.pt"):

@@ -367,6 +367,11 @@ def test_cli_eval_prior_on_pairs_writes_json(tmp_path, capsys):
         (["--method", "prior", "--data", "{tmp}", "--limit", "0"], "--limit must be >= 1"),
         (["--method", "nope", "--data", "{tmp}"], "invalid choice: 'nope'"),
         (["--method", "prior", "--data", "{tmp}", "--refine-passes", "2"], "applies to a"),
+        (["--method", "prior", "--data", "{tmp}", "--set", "a=1"], "--set applies to a"),
+        (
+            ["--checkpoint", "denseflow-synth-kitti-small", "--data", "{tmp}", "--set", "x.y=1"],
+            "overrides ['x.y=1']",
+        ),
     ],
 )
 def test_cli_eval_user_errors_exit_2(tmp_path, capsys, argv, message):
@@ -414,6 +419,22 @@ def test_cli_eval_prior_on_synthetic_pairs(tmp_path, capsys):
     assert runs[0]["num_samples"] == 2 and runs[0]["method"] == "prior"
     assert runs[0]["data"] == "synthetic kitti-small test/same seed 0"
     assert runs[0]["location_mean_m"] > 0.0
+
+
+def test_cli_eval_checkpoint_with_overrides(tmp_path):
+    # The shipped weights with one GRU iteration instead of six: recorded, and the
+    # flow (hence the errors) differs from the stored config's run.
+    base = ["eval", "--checkpoint", "denseflow-synth-kitti-small", "--dataset", "synthetic"]
+    base += ["--preset", "kitti-small", "--num", "2", "--seed", "0"]
+    runs = []
+    for extra in ([], ["--set", "model.denseflow.iters=1"]):
+        out = tmp_path / f"m{len(runs)}.json"
+        assert main([*base, *extra, "--json", str(out)]) == 0
+        runs.append(json.loads(out.read_text()))
+    assert "config_overrides" not in runs[0]
+    assert runs[1]["config_overrides"] == ["model.denseflow.iters=1"]
+    assert runs[1]["checkpoint_sha256"] == runs[0]["checkpoint_sha256"]
+    assert runs[1]["flow_epe_px"] != runs[0]["flow_epe_px"]
 
 
 @pytest.mark.parametrize("preset", ["kitti-small", "vigor-small"])

@@ -153,7 +153,9 @@ def checkpoint_sha256(name_or_path: str | os.PathLike) -> str:
 
 
 def load_model(
-    name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+    name_or_path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    overrides: Sequence[str] = (),
 ) -> tuple[nn.Module, ExperimentConfig]:
     """Build the model a checkpoint or weights file describes and load it strictly.
 
@@ -161,20 +163,25 @@ def load_model(
         name_or_path: a ``.pt`` training checkpoint, a ``.safetensors`` weights file or
             a shipped weights name (see :func:`resolve_checkpoint`).
         device: where to put the model.
+        overrides: ``key=value`` strings applied to the stored config before the model is
+            built, for options that keep every tensor's shape (e.g.
+            ``model.denseflow.iters=12``, ``model.denseflow.bev_samples=4``).
 
     Returns:
-        (model in eval mode, its experiment config).
+        (model in eval mode, its experiment config with the overrides).
 
     Raises:
         FileNotFoundError: see :func:`resolve_checkpoint`.
-        CheckpointError: the file is corrupt, its config is invalid, or its tensors do
-            not fit the model its config describes (the message lists the keys).
+        CheckpointError: the file is corrupt, its config (with ``overrides``) is invalid,
+            or its tensors do not fit the model that config describes (the message lists
+            the keys).
     """
     path, state, config_dict = read_model_state(name_or_path)
     try:
-        cfg = config_from_dict(config_dict, source=f"{path} (stored config)")
+        cfg = config_from_dict(config_dict, f"{path} (stored config)", overrides)
     except ConfigError as exc:
-        raise CheckpointError(f"{path}: stored config is not valid here: {exc}") from exc
+        given = f" with overrides {list(overrides)}" if overrides else ""
+        raise CheckpointError(f"{path}: stored config{given} is not valid here: {exc}") from exc
     model = build_model(cfg.model)
     load_state_dict_strict(model, state, str(path))
     return model.to(device).eval(), cfg

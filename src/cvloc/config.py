@@ -20,6 +20,7 @@ from cvloc.engine.structured import (
     ConfigError,
     build_structured,
     check_fields,
+    dotlist_layers,
     find_yaml,
     list_yaml,
     to_plain,
@@ -328,12 +329,15 @@ def load_config(name_or_path: str | Path, overrides: Sequence[str] = ()) -> Expe
     return build_structured(ExperimentConfig, yaml_layers(path, overrides))
 
 
-def config_from_dict(data: dict[str, Any], source: str = "dict") -> ExperimentConfig:
+def config_from_dict(
+    data: dict[str, Any], source: str = "dict", overrides: Sequence[str] = ()
+) -> ExperimentConfig:
     """Rebuild a configuration from :func:`config_to_dict` output (e.g. a checkpoint's).
 
     Args:
         data: nested plain dict.
         source: its origin, for error messages.
+        overrides: ``key=value`` strings applied on top, as in :func:`load_config`.
 
     Returns:
         The validated configuration.
@@ -341,7 +345,7 @@ def config_from_dict(data: dict[str, Any], source: str = "dict") -> ExperimentCo
     Raises:
         ConfigError: as :func:`load_config` (e.g. a key that this version dropped).
     """
-    return build_structured(ExperimentConfig, [(source, data)])
+    return build_structured(ExperimentConfig, [(source, data), *dotlist_layers(overrides)])
 
 
 def config_to_dict(cfg: ExperimentConfig | Any) -> dict[str, Any]:

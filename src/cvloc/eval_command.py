@@ -5,6 +5,7 @@ Examples::
     cvloc eval --method classical --dataset synthetic --preset kitti-small --num 50
     cvloc eval --checkpoint runs/exp/best.pt --data pairs/test --json metrics.json
     cvloc eval --checkpoint NAME --dataset kitti --root /data/KITTI --split test2
+    cvloc eval --checkpoint NAME --data pairs/test --set model.denseflow.iters=12
 
 Data come from a ``cvloc-pairs/1`` directory (``--data DIR``) or from any dataset of
 :func:`cvloc.data.registry.build_dataset` (``--dataset NAME``: ``synthetic``, generated on
@@ -37,6 +38,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--checkpoint", metavar="NAME_OR_PATH", help="a .pt / .safetensors file or weights name"
     )
     model.add_argument("--method", choices=METHODS, help="a non-learned baseline")
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the checkpoint's stored config that keep every weight's shape, "
+        "e.g. model.denseflow.iters=12 (recorded in the JSON as config_overrides)",
+    )
     data = parser.add_mutually_exclusive_group(required=True)
     data.add_argument("--data", metavar="DIR", help="a cvloc-pairs/1 directory")
     data.add_argument(
@@ -159,6 +168,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
     )
     result["data"] = source
+    if args.set:
+        result["config_overrides"] = list(args.set)
     print(format_metrics_table({method: result}, title=f"{method} on {source}"))
     print(f"{result['num_samples']} pairs, {result['seconds_per_pair']:.4f} s per pair")
     if "flow_epe_px" in result:
@@ -188,9 +199,9 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
-        given = _given_refine_options(args)
-        if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} applies to a --checkpoint")
+        given = [f"--{name.replace('_', '-')}" for name in _given_refine_options(args)]
+        if given or args.set:
+            raise UsageError(f"{(given or ['--set'])[0]} applies to a --checkpoint")
 
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS)
@@ -198,7 +209,7 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     from cvloc.models.refinement import refined
 
     try:
-        model, cfg = load_model(args.checkpoint, device)
+        model, cfg = load_model(args.checkpoint, device, args.set)
     except FileNotFoundError as exc:
         raise UsageError(f"checkpoint {args.checkpoint!r} not found: {exc}") from exc
     except CheckpointError as exc:

@@ -41,13 +41,27 @@ def yaml_layers(path: Path, overrides: Sequence[str]) -> list[tuple[str, Any]]:
         raise ConfigError(f"{path}: not a readable YAML config ({exc})") from exc
     if not isinstance(content, DictConfig):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    layers: list[tuple[str, Any]] = [(str(path), content)]
-    if overrides:
-        try:
-            layers.append(("overrides", OmegaConf.from_dotlist(list(overrides))))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"overrides {list(overrides)}: {exc}") from exc
-    return layers
+    return [(str(path), content), *dotlist_layers(overrides)]
+
+
+def dotlist_layers(overrides: Sequence[str]) -> list[tuple[str, Any]]:
+    """Dotlist overrides as a layer for :func:`build_structured` (none if there are none).
+
+    Args:
+        overrides: ``key=value`` strings.
+
+    Returns:
+        ``[("overrides", layer)]``, or ``[]``.
+
+    Raises:
+        ConfigError: an override is malformed.
+    """
+    if not overrides:
+        return []
+    try:
+        return [("overrides", OmegaConf.from_dotlist(list(overrides)))]
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"overrides {list(overrides)}: {exc}") from exc
 
 
 def build_structured(schema: type[T], layers: Sequence[tuple[str, Any]]) -> T:
