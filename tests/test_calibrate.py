@@ -184,6 +184,26 @@ def test_calibrate_command_writes_weights(weights, pairs, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
 
 
+def test_calibrate_command_fits_and_writes_config_overrides(weights, pairs, tmp_path):
+    out = tmp_path / "dense.safetensors"
+    args = ["calibrate", "--checkpoint", str(weights), "--data", str(pairs / "val")]
+    overrides = ["model.denseflow.ground_stride=4", "model.denseflow.bev_samples=2"]
+    assert main([*args, "--set", *overrides, "--out", str(out), "--batch-size", "2"]) == 0
+    meta = weights_metadata(out)
+    assert meta["calibration"]["config_overrides"] == overrides
+    model, cfg = load_model(out)
+    assert (cfg.model.denseflow.ground_stride, cfg.model.denseflow.bev_samples) == (4, 2)
+    assert cfg.eval.covariance_scale == meta["calibration"]["covariance_scale"]
+    assert meta["training_data"] == weights_metadata(weights)["training_data"]
+    original, _ = load_model(weights)
+    for key, value in original.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    # An override the weights do not fit is refused before any fit.
+    bad = tmp_path / "bad.safetensors"
+    assert main([*args, "--set", "model.denseflow.out_dim=7", "--out", str(bad)]) == 2
+    assert not bad.exists()
+
+
 def test_calibrate_command_refuses_test_pairs_and_unknown_training_data(weights, pairs, tmp_path):
     out = str(tmp_path / "x.safetensors")
     base = ["calibrate", "--checkpoint", str(weights), "--out", out]

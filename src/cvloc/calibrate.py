@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import NormalDist
@@ -49,6 +50,7 @@ from cvloc.checkpoint import (
     weights_metadata,
     write_weights,
 )
+from cvloc.config import config_from_dict, config_to_dict
 from cvloc.data.batch import camera_xy, collate, one_camera_model
 from cvloc.evaluate import to_device
 from cvloc.geometry.pose import wrap_deg
@@ -191,12 +193,15 @@ def write_calibrated_weights(
     data: str,
     training_data: dict[str, Any] | None = None,
     eval_settings: dict[str, Any] | None = None,
+    config_overrides: Sequence[str] = (),
 ) -> Path:
     """Write a weights file whose config carries the calibration's scales.
 
     The tensors, config and metadata are those of the input (a ``.pt`` checkpoint is
     exported as :func:`cvloc.checkpoint.export_weights` does), with ``eval.covariance_scale``
     and ``eval.yaw_variance_scale`` set and a ``calibration`` entry (the fit and its data).
+    ``config_overrides`` (the ``--set`` of the fitted model, :func:`cvloc.checkpoint.load_model`)
+    are applied to the stored config: the scales hold for the model they describe.
 
     Args:
         name_or_path: the weights (name or path) or training checkpoint that was fitted.
@@ -208,6 +213,7 @@ def write_calibrated_weights(
             pairs directory that is not here.
         eval_settings: further ``eval`` entries the fit was made with (the refinement
             passes of :mod:`cvloc.models.refinement`), recorded with the scales.
+        config_overrides: ``key=value`` changes of the stored config the fit was made with.
 
     Returns:
         The written path.
@@ -217,6 +223,8 @@ def write_calibrated_weights(
         metadata = dict(weights_metadata(path))
     else:
         metadata = checkpoint_metadata(load_checkpoint(path))
+    if config_overrides:
+        config = config_to_dict(config_from_dict(config, str(path), config_overrides))
     config = {**config, "eval": {**config.get("eval", {}), **(eval_settings or {})}}
     config["eval"]["covariance_scale"] = calibration.covariance_scale
     config["eval"]["yaw_variance_scale"] = calibration.yaw_variance_scale
@@ -224,4 +232,6 @@ def write_calibrated_weights(
     if not metadata.get("training_data"):
         metadata["training_data"] = training_data
     metadata["calibration"] = {**asdict(calibration), "data": data, "source": str(path)}
+    if config_overrides:
+        metadata["calibration"]["config_overrides"] = list(config_overrides)
     return write_weights(out, state, metadata, source=str(path))

@@ -4,6 +4,7 @@ Examples::
 
     cvloc calibrate --checkpoint runs/exp/best.pt --num 200 --out weights/exp.safetensors
     cvloc calibrate --checkpoint NAME --data pairs/val --out NAME-calibrated.safetensors
+    cvloc calibrate --checkpoint NAME --set model.denseflow.bev_samples=4 --out NEW.safetensors
 
 The pairs are the synthetic ``val`` split of the model's training preset and prior
 (``--num``, ``--seed``, ``--area``; ``--preset`` for a model trained on a pairs directory)
@@ -11,7 +12,8 @@ or a ``cvloc-pairs/1`` directory (``--data``), which must not be a test split: t
 are fitted where checkpoints are chosen, never where they are scored
 (:mod:`cvloc.calibrate`). The model runs as its weights' ``eval.refine_*`` settings say,
 or as ``--refine-passes`` / ``--refine-shift-m`` / ``--refine-yaw-deg`` say; those are then
-recorded in the written weights with the scales, which hold for that procedure only.
+recorded in the written weights with the scales, which hold for that procedure only; so
+are the ``--set`` overrides of the model's config.
 User errors print one line and exit with status 2.
 """
 
@@ -44,6 +46,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         metavar="OUT.safetensors",
         help="the calibrated weights file to write (may be the input file)",
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides of the stored config that keep every weight's shape (as cvloc "
+        "eval --set), fitted and written into --out",
     )
     parser.add_argument("--data", metavar="DIR", help="validation pairs (cvloc-pairs/1)")
     parser.add_argument(
@@ -81,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out {args.out}: must be a .safetensors file")
     try:
-        model, cfg = load_model(args.checkpoint, args.device)
+        model, cfg = load_model(args.checkpoint, args.device, args.set)
     except FileNotFoundError as exc:
         raise UsageError(f"checkpoint {args.checkpoint!r} not found: {exc}") from exc
     except CheckpointError as exc:
@@ -101,7 +111,13 @@ def run(args: argparse.Namespace) -> int:
     # Recorded only where the input records none (write_calibrated_weights).
     training_data = readable_training_settings(dataclasses.replace(cfg, data=data_cfg))
     out = write_calibrated_weights(
-        args.checkpoint, args.out, calibration, source, training_data, eval_settings=refine
+        args.checkpoint,
+        args.out,
+        calibration,
+        source,
+        training_data,
+        eval_settings=refine,
+        config_overrides=args.set,
     )
     print(json.dumps(dataclasses.asdict(calibration), indent=1))
     heading = "heading known: no heading variance"
