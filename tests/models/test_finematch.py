@@ -88,6 +88,24 @@ class TestFineMatch:
         assert out["match_src_uv"][0, 1].tolist() == [5.5, 1.5]
         assert torch.isfinite(out["camera_uv_pred"]).all()
 
+    def test_dense_ground_features(self):
+        # The sharper projection (stride-4 ground encoder, 2 x 2 points per cell) keeps
+        # every weight's shape and the outputs' shapes; invalid settings are refused.
+        torch.manual_seed(0)
+        coarse = FineMatch(TINY).eval()
+        dense = FineMatch(tiny(ground_stride=4, bev_samples=2)).eval()
+        dense.load_state_dict(coarse.state_dict())
+        assert (coarse.ground_offset_px, dense.ground_offset_px) == (0.0, 2.0)
+        batch = make_batch("pinhole", B=1, sat=64)
+        with torch.no_grad():
+            a, b = coarse(batch), dense(batch)
+        for key in ("coupling", "surface_height_m", "camera_uv_pred", "column_valid"):
+            assert a[key].shape == b[key].shape and torch.isfinite(b[key]).all(), key
+        assert not torch.allclose(a["similarity"], b["similarity"])
+        for bad in ({"ground_stride": 2}, {"stride": 4, "ground_stride": 8}, {"bev_samples": 0}):
+            with pytest.raises(ValueError):
+                tiny(**bad)
+
     @pytest.mark.parametrize(
         "changes",
         [

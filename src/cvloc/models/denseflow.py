@@ -38,6 +38,7 @@ from cvloc.models.inputs import (
     bev_at_prior,
     check_batch,
     cuda_autocast,
+    ground_sampling,
     known_heading,
 )
 from cvloc.models.pose_head import pose_from_flow
@@ -71,7 +72,7 @@ class DenseFlowConfig:
             symmetrically), not on the pixel-centre convention's ``ground_stride (j +
             0.5) - 0.5``; weights trained at ``stride`` learned that convention's offset
             of (stride - 1) / 2 pixels, so the denser map is read with the same offset
-            (:func:`cvloc.geometry.bev.warp_to_bev`, ``feature_offset_px``).
+            (:func:`cvloc.models.inputs.ground_sampling`).
         bev_samples: points averaged per BEV cell along each axis (1: eq. 1's one point
             at the cell centre; :func:`cvloc.geometry.bev.bev_from_prior`).
         use_ground_projection: False replaces the geometric projection by a bilinear resize
@@ -107,15 +108,7 @@ class DenseFlowConfig:
     def __post_init__(self) -> None:
         if self.stride not in OUTPUT_STRIDES:
             raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
-        if self.ground_stride is not None and (
-            self.ground_stride not in OUTPUT_STRIDES or self.ground_stride > self.stride
-        ):
-            raise ValueError(
-                f"ground_stride must be one of {OUTPUT_STRIDES} and at most stride "
-                f"{self.stride}, got {self.ground_stride}"
-            )
-        if self.bev_samples < 1:
-            raise ValueError(f"bev_samples must be >= 1, got {self.bev_samples}")
+        ground_sampling(self.stride, self.ground_stride, self.bev_samples)
         sizes = (self.out_dim, self.hidden_dim, self.context_dim, self.corr_levels)
         if min(sizes) < 1 or self.iters < 1 or self.pose_stride < 1 or self.corr_radius < 0:
             raise ValueError(f"sizes, iters and pose_stride must be positive, got {self}")
@@ -147,10 +140,11 @@ class DenseFlow(nn.Module):
     def __init__(self, config: DenseFlowConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else DenseFlowConfig()
-        ground_stride = cfg.stride if cfg.ground_stride is None else cfg.ground_stride
         # Ground pixels from the pixel-centre convention to where the ground encoder's cells
         # are read (ground_stride's docstring above); 0 when ground_stride == stride.
-        self.ground_offset_px = (cfg.stride - ground_stride) / 2
+        ground_stride, self.ground_offset_px = ground_sampling(
+            cfg.stride, cfg.ground_stride, cfg.bev_samples
+        )
         self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, ground_stride)
         self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.out_dim, cfg.stride)
         self.context_encoder = ResNetEncoder(

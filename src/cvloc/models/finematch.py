@@ -32,6 +32,7 @@ from cvloc.models.inputs import (
     bev_at_prior,
     check_batch,
     cuda_autocast,
+    ground_sampling,
     known_heading,
 )
 from cvloc.models.matching import (
@@ -64,6 +65,11 @@ class FineMatchConfig:
         feat_dim: channels of the encoder features lifted to the BEV.
         desc_dim: descriptor dimension D.
         stride: satellite pixels per cell, the encoders' stride: 8 or 4 (dilated).
+        ground_stride: the ground encoder's stride, at most ``stride``; None: ``stride``.
+            As DenseFlow's (:class:`cvloc.models.denseflow.DenseFlowConfig`): a denser
+            map with the same weights, read with the offset they were trained with.
+        bev_samples: points averaged per BEV cell along each axis, at every height bin
+            (:func:`cvloc.geometry.bev.bev_from_prior`).
         mixed_precision: autocast the CNNs on CUDA (similarity, refiner, coupling and
             pose stay in float32). No effect on CPU.
         amp_dtype: ``"bfloat16"`` or ``"float16"``.
@@ -76,12 +82,15 @@ class FineMatchConfig:
     feat_dim: int = 128
     desc_dim: int = 128
     stride: int = OUTPUT_STRIDE
+    ground_stride: int | None = None
+    bev_samples: int = 1
     mixed_precision: bool = False
     amp_dtype: str = "bfloat16"
 
     def __post_init__(self) -> None:
         if self.stride not in OUTPUT_STRIDES:
             raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
+        ground_sampling(self.stride, self.ground_stride, self.bev_samples)
         if min(self.feat_dim, self.desc_dim) < 1:
             raise ValueError(f"feat_dim and desc_dim must be positive, got {self}")
         if self.amp_dtype not in AMP_DTYPES:
@@ -118,7 +127,10 @@ class FineMatch(nn.Module):
     def __init__(self, config: FineMatchConfig | None = None) -> None:
         super().__init__()
         self.config = cfg = config if config is not None else FineMatchConfig()
-        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim, cfg.stride)
+        ground_stride, self.ground_offset_px = ground_sampling(
+            cfg.stride, cfg.ground_stride, cfg.bev_samples
+        )
+        self.ground_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim, ground_stride)
         self.satellite_encoder = ResNetEncoder(cfg.encoder, cfg.feat_dim, cfg.stride)
         if cfg.encoder.pretrained_path is not None:
             for encoder in (self.ground_encoder, self.satellite_encoder):
@@ -228,4 +240,11 @@ class FineMatch(nn.Module):
         self, features: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Ground features (B, C, h, w) -> volume (B, C, Z, H, W), validity (B, Z, H, W)."""
-        return bev_at_prior(features, batch, grid_hw, heights_m=self.surface.bins_m)
+        return bev_at_prior(
+            features,
+            batch,
+            grid_hw,
+            heights_m=self.surface.bins_m,
+            samples_per_cell=self.config.bev_samples,
+            feature_offset_px=self.ground_offset_px,
+        )

@@ -15,7 +15,7 @@ import torch
 from cvloc.data.batch import one_camera_model
 from cvloc.geometry.bev import bev_from_prior
 from cvloc.geometry.checks import ShapeError, check_shape
-from cvloc.models.encoders import OUTPUT_STRIDE
+from cvloc.models.encoders import OUTPUT_STRIDE, OUTPUT_STRIDES
 
 LOCALIZER_INPUT_KEYS: tuple[str, ...] = (
     "ground",
@@ -127,6 +127,39 @@ def bev_at_prior(
         samples_per_cell=samples_per_cell,
         feature_offset_px=feature_offset_px,
     )
+
+
+def ground_sampling(stride: int, ground_stride: int | None, bev_samples: int) -> tuple[int, float]:
+    """Check a model's ground projection options; the ground encoders' stride and offset.
+
+    A ground map denser than the satellite grid (``ground_stride`` < ``stride``, the same
+    weights dilated) is read with the offset that weights trained at ``stride`` learned:
+    a ResNet's cell j is centred on image pixel ``s j``, the pixel-centre convention of
+    :func:`cvloc.geometry.bev.warp_to_bev` puts it at ``s (j + 0.5) - 0.5``, so they absorbed
+    (stride - 1) / 2 pixels, and the denser map is read (stride - ground_stride) / 2 pixels
+    further on.
+
+    Args:
+        stride: the satellite grid's stride (8 or 4).
+        ground_stride: the ground encoders' stride, at most ``stride``; None: ``stride``.
+        bev_samples: points averaged per BEV cell along each axis, >= 1.
+
+    Returns:
+        (ground encoders' stride, ``feature_offset_px`` to read them with).
+
+    Raises:
+        ValueError: a bad ``ground_stride`` or ``bev_samples``.
+    """
+    if ground_stride is None:
+        ground_stride = stride
+    if ground_stride not in OUTPUT_STRIDES or ground_stride > stride:
+        raise ValueError(
+            f"ground_stride must be one of {OUTPUT_STRIDES} and at most stride {stride}, "
+            f"got {ground_stride}"
+        )
+    if bev_samples < 1:
+        raise ValueError(f"bev_samples must be >= 1, got {bev_samples}")
+    return ground_stride, (stride - ground_stride) / 2
 
 
 def known_heading(batch: dict[str, Any]) -> torch.Tensor | None:
