@@ -432,6 +432,18 @@ def _prior_batch(batch, camera_model, size, dtype=torch.float64):
     )
 
 
+def _rendered_plane(camera_model, size):
+    """bev_from_prior inputs, the world origin's pixel, the camera (metres) and the ground
+    image of the textured plane as seen from the prior, as a (1, 1, H, W) feature map."""
+    args = _prior_batch(1, camera_model, size)
+    cu, cv = args["sat_center_uv"][0].tolist()
+    cam_uv = args["camera_uv_prior"][0].numpy()
+    cam_xy = np.array([cam_uv[0] - cu, -(cam_uv[1] - cv)]) * 0.2
+    K = None if args["K"] is None else args["K"][0].numpy()
+    image = render_plane(camera_model, size, cam_xy, args["yaw_deg_prior"].item(), K)
+    return args, (cu, cv), cam_xy, torch.from_numpy(image)[None, None]
+
+
 class TestBevFromPrior:
     @pytest.mark.parametrize("batch", [1, 2, 5])
     @pytest.mark.parametrize(
@@ -461,13 +473,7 @@ class TestBevFromPrior:
     def test_textured_plane(self, camera_model, size, pool, atol):
         # Render the ground image of a known top-view texture, lift it with the true pose as
         # prior and compare with the texture at the satellite cell centres.
-        args = _prior_batch(1, camera_model, size)
-        cu, cv = args["sat_center_uv"][0].tolist()
-        cam_uv = args["camera_uv_prior"][0].numpy()
-        cam_xy = np.array([cam_uv[0] - cu, -(cam_uv[1] - cv)]) * 0.2
-        K = None if args["K"] is None else args["K"][0].numpy()
-        image = render_plane(camera_model, size, cam_xy, args["yaw_deg_prior"].item(), K)
-        features = torch.from_numpy(image)[None, None]
+        args, (cu, cv), cam_xy, features = _rendered_plane(camera_model, size)
         features = torch.nn.functional.avg_pool2d(features, pool)  # a 1/pool feature map
         bev, valid = bev_from_prior(features, grid_hw=(32, 32), stride=2.0, **args)
         grid_uv = satellite_grid_uv(32, 32, 2.0, torch.float64).numpy()
@@ -488,13 +494,7 @@ class TestBevFromPrior:
         # A cell with n x n samples is the mean of the texture at n x n points spread evenly
         # over its footprint, computed here from the cell corners in world metres.
         n, stride, grid = 3, 4.0, 16
-        args = _prior_batch(1, camera_model, size)
-        cu, cv = args["sat_center_uv"][0].tolist()
-        cam_uv = args["camera_uv_prior"][0].numpy()
-        cam_xy = np.array([cam_uv[0] - cu, -(cam_uv[1] - cv)]) * 0.2
-        K = None if args["K"] is None else args["K"][0].numpy()
-        image = render_plane(camera_model, size, cam_xy, args["yaw_deg_prior"].item(), K)
-        features = torch.from_numpy(image)[None, None]
+        args, (cu, cv), cam_xy, features = _rendered_plane(camera_model, size)
         bev, valid = bev_from_prior(
             features, grid_hw=(grid, grid), stride=stride, samples_per_cell=n, **args
         )
