@@ -200,8 +200,10 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
         given = [f"--{name.replace('_', '-')}" for name in _given_refine_options(args)]
-        if given or args.set:
-            raise UsageError(f"{(given or ['--set'])[0]} applies to a --checkpoint")
+        if args.set:
+            given.append("--set")
+        if given:
+            raise UsageError(f"{given[0]} applies to a --checkpoint")
 
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS)
