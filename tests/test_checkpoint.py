@@ -12,6 +12,7 @@ import torch
 import cvloc.checkpoint as ckpt_mod
 from cvloc.checkpoint import (
     CheckpointError,
+    average_weights,
     check_same_model,
     export_weights,
     init_weights,
@@ -187,6 +188,50 @@ def test_export_and_load_safetensors(checkpoint, tmp_path, cfg):
     assert loaded_cfg == cfg
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_average_weights_is_the_mean_of_the_sources(checkpoint, tmp_path, cfg):
+    path, model = checkpoint
+    torch.manual_seed(1)
+    other = build_model(cfg.model)
+    for buffer in other.buffers():  # distinct running statistics too
+        if buffer.is_floating_point():
+            buffer.uniform_(0.5, 1.5)
+    other_pt = _save(tmp_path / "b.pt", other, cfg, step=9)
+    other_path = export_weights(other_pt, tmp_path / "b.safetensors")
+    out = average_weights([path, other_path], tmp_path / "avg.safetensors")
+    averaged, averaged_cfg = load_model(out)
+    assert averaged_cfg == cfg
+    a, b = model.state_dict(), other.state_dict()
+    for key, value in averaged.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (a[key] + b[key]) / 2, msg=key)
+        else:  # num_batches_tracked: the first source's
+            assert torch.equal(value, a[key]), key
+    meta = weights_metadata(out)
+    assert meta["metrics"] == {}
+    assert [(s["path"], s["step"]) for s in meta["averaged_from"]] == [
+        (str(path), 7),
+        (str(other_path), 9),
+    ]
+    assert meta["averaged_from"][1]["sha256"] == ckpt_mod.checkpoint_sha256(other_path)
+
+
+def test_average_weights_refuses_other_models(checkpoint, tmp_path):
+    path, _ = checkpoint
+    with pytest.raises(ValueError, match="at least two"):
+        average_weights([path], tmp_path / "avg.safetensors")
+    other_cfg = load_config("overfit", ["model.denseflow.iters=3"])
+    other = _save(tmp_path / "b.pt", build_model(other_cfg.model), other_cfg, step=1)
+    with pytest.raises(CheckpointError, match=r"b\.pt: not the model of .*iters"):
+        average_weights([path, other], tmp_path / "avg.safetensors")
+    assert not (tmp_path / "avg.safetensors").exists()
+
+
+def _save(path, model, cfg, step):
+    state = {"model": model.state_dict(), "config": config_to_dict(cfg), "step": step}
+    save_checkpoint(path, state)
+    return path
 
 
 def test_export_refuses_oversized_weights(checkpoint, tmp_path):

@@ -318,6 +318,77 @@ def export_weights(
     return write_weights(out, ckpt["model"], metadata, max_bytes, source=str(checkpoint))
 
 
+def average_weights(
+    sources: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    max_bytes: int | None = MAX_WEIGHTS_BYTES,
+) -> Path:
+    """Write the uniform average of several checkpoints of one model as a weights file.
+
+    A "model soup": checkpoints of one fine-tuning lineage (one started from another) lie
+    in one basin of the loss, where their average is often better than either. Floating
+    tensors are averaged in float64 and stored in their own dtype; integer tensors (batch
+    norm's ``num_batches_tracked``) are the first source's, as are the config and the
+    recorded training data. The metadata records the sources (path, SHA-256, step) under
+    ``averaged_from``; ``metrics`` is empty, since no source's metrics hold for the average.
+
+    Args:
+        sources: two or more ``.pt`` checkpoints, weights files or shipped names.
+        out: the ``.safetensors`` file to write.
+        max_bytes: refuse to write larger weights (None: no limit).
+
+    Returns:
+        The written path.
+
+    Raises:
+        ValueError: fewer than two sources.
+        FileNotFoundError: see :func:`resolve_checkpoint`.
+        CheckpointError: a corrupt source, or sources whose model configs, tensor names or
+            shapes differ (the message names them).
+    """
+    if len(sources) < 2:
+        raise ValueError(f"expected at least two checkpoints to average, got {len(sources)}")
+    read = [_read_with_metadata(source) for source in sources]
+    first_path, first_state, first_meta = read[0]
+    totals = {k: v.double() for k, v in first_state.items() if v.is_floating_point()}
+    for path, state, meta in read[1:]:
+        diffs = config_differences(
+            first_meta["config"].get("model", {}), meta["config"].get("model", {}), "model."
+        )
+        problems = _mismatches(first_state, state)
+        if diffs or problems:
+            found = "; ".join(diffs + ([problems] if problems else []))
+            raise CheckpointError(f"{path}: not the model of {first_path}; {found}")
+        for key in totals:
+            totals[key] += state[key].double()
+    averaged = {
+        k: (totals[k] / len(read)).to(v.dtype) if k in totals else v
+        for k, v in first_state.items()
+    }
+    metadata = {
+        **first_meta,
+        "code_version": code_version(),
+        "metrics": {},
+        "averaged_from": [
+            {"path": str(path), "sha256": checkpoint_sha256(path), "step": meta["step"]}
+            for path, _, meta in read
+        ],
+    }
+    return write_weights(out, averaged, metadata, max_bytes, source=str(first_path))
+
+
+def _read_with_metadata(
+    name_or_path: str | os.PathLike,
+) -> tuple[Path, dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and weights-file metadata (:func:`checkpoint_metadata`) of either format."""
+    path = resolve_checkpoint(name_or_path)
+    if path.suffix == ".safetensors":
+        state, _ = _read_weights(path)
+        return path, state, weights_metadata(path)
+    ckpt = load_checkpoint(path)
+    return path, ckpt["model"], checkpoint_metadata(ckpt)
+
+
 def checkpoint_metadata(ckpt: Mapping[str, Any]) -> dict[str, Any]:
     """The weights-file metadata of a training checkpoint (decoded, see :func:`write_weights`).
 
