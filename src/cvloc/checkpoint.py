@@ -350,11 +350,10 @@ def average_weights(
         raise ValueError(f"expected at least two checkpoints to average, got {len(sources)}")
     read = [_read_with_metadata(source) for source in sources]
     first_path, first_state, first_meta = read[0]
+    first_model = _model_section(first_path, first_meta["config"])
     totals = {k: v.double() for k, v in first_state.items() if v.is_floating_point()}
     for path, state, meta in read[1:]:
-        diffs = config_differences(
-            first_meta["config"].get("model", {}), meta["config"].get("model", {}), "model."
-        )
+        diffs = config_differences(first_model, _model_section(path, meta["config"]), "model.")
         problems = _mismatches(first_state, state)
         if diffs or problems:
             found = "; ".join(diffs + ([problems] if problems else []))
@@ -375,6 +374,14 @@ def average_weights(
         ],
     }
     return write_weights(out, averaged, metadata, max_bytes, source=str(first_path))
+
+
+def _model_section(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored model config with this code's defaults filled in (older files lack keys)."""
+    try:
+        return config_to_dict(config_from_dict(dict(config), f"{path} (stored config)").model)
+    except ConfigError as exc:
+        raise CheckpointError(f"{path}: stored config is not valid here: {exc}") from exc
 
 
 def _read_with_metadata(
