@@ -11,11 +11,12 @@ file ``test1_files.txt`` carrying the fixed prior noise). Both are evaluated wit
 checkpoint (default: the shipped ``denseflow-synth-kitti-small``), the KITTI copy through
 :class:`cvloc.data.kitti.KittiDataset` with the loader options the export records. The
 metrics must agree within the resampling tolerance: the KITTI tile is a different crop of
-the same scene, so individual poses move a little; the median location error must agree
-within 0.1 m.
+the same scene, so individual poses move a little. The check: the paired bootstrap 95 %
+interval of the difference in median location error (``--bootstraps`` resamples of the
+pairs, seeded) contains 0; the script exits with status 1 when it does not.
 
 Writes ``benchmarks/results/kitti_roundtrip.json``: both metrics JSONs, the per-metric
-differences and the per-pair location differences.
+differences, the per-pair location differences and the interval.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ def main() -> None:
     parser.add_argument("--num", type=int, default=200, help="test pairs")
     parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument(
+        "--bootstraps", type=int, default=10000, help="resamples for the median's interval"
+    )
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
     parser.add_argument(
         "--out", type=Path, default=RESULTS / "kitti_roundtrip.json", help="results JSON"
@@ -118,22 +122,51 @@ def main() -> None:
         ),
     }
     results["difference"] = {k: results["kitti"][k] - results["pairs"][k] for k in COMPARED}
-    per_pair = np.abs(
-        np.asarray(results["kitti"]["per_sample"]["location_error_m"])
-        - np.asarray(results["pairs"]["per_sample"]["location_error_m"])
-    )
+    errors_pairs = np.asarray(results["pairs"]["per_sample"]["location_error_m"])
+    errors_kitti = np.asarray(results["kitti"]["per_sample"]["location_error_m"])
+    per_pair = np.abs(errors_kitti - errors_pairs)
     results["per_pair_location_difference_m"] = {
         "median": float(np.median(per_pair)),
         "p90": float(np.percentile(per_pair, 90)),
         "max": float(per_pair.max()),
     }
+    low, high = median_difference_interval(errors_pairs, errors_kitti, args.bootstraps)
+    results["median_difference_interval95_m"] = [low, high]
     for key in COMPARED:
         print(
             f"{key:24s} pairs {results['pairs'][key]:8.3f}  kitti {results['kitti'][key]:8.3f}"
             f"  difference {results['difference'][key]:+.3f}"
         )
     print("per-pair |location error difference| (m):", results["per_pair_location_difference_m"])
+    agree = low <= 0.0 <= high
+    print(
+        f"median difference, paired bootstrap 95 % interval: [{low:+.3f}, {high:+.3f}] m: "
+        + ("the two paths agree" if agree else "the two paths DISAGREE")
+    )
     write_json(args.out, results)
+    if not agree:
+        sys.exit(1)
+
+
+def median_difference_interval(
+    first: np.ndarray, second: np.ndarray, resamples: int, seed: int = 0
+) -> tuple[float, float]:
+    """Paired bootstrap 95 % interval of median(second) - median(first).
+
+    Args:
+        first: (N,) per-pair errors of one path.
+        second: (N,) the same pairs' errors through the other.
+        resamples: bootstrap resamples of the N pairs (with replacement, pairs kept together).
+        seed: the resampling generator's seed.
+
+    Returns:
+        (2.5th, 97.5th) percentiles of the resampled differences.
+    """
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(first), size=(resamples, len(first)))
+    differences = np.median(second[index], axis=1) - np.median(first[index], axis=1)
+    low, high = np.percentile(differences, [2.5, 97.5])
+    return float(low), float(high)
 
 
 if __name__ == "__main__":
