@@ -230,6 +230,16 @@ def test_average_weights_refuses_other_models(checkpoint, tmp_path):
     assert not (tmp_path / "avg.safetensors").exists()
 
 
+def test_average_weights_drops_a_calibration(checkpoint, tmp_path, cfg):
+    path, model = checkpoint
+    calibrated = load_config("overfit", ["eval.covariance_scale=7", "eval.yaw_variance_scale=3"])
+    first = _save(tmp_path / "c.pt", model, config_to_dict(calibrated), step=3)
+    out = average_weights([first, path], tmp_path / "avg.safetensors")
+    _, averaged_cfg = load_model(out)
+    assert (averaged_cfg.eval.covariance_scale, averaged_cfg.eval.yaw_variance_scale) == (1, 1)
+    assert averaged_cfg == cfg  # all else is the first source's config
+
+
 def _save(path, model, config, step):
     state = {"model": model.state_dict(), "config": config, "step": step}
     save_checkpoint(path, state)

@@ -330,7 +330,9 @@ def average_weights(
     tensors are averaged in float64 and stored in their own dtype; integer tensors (batch
     norm's ``num_batches_tracked``) are the first source's, as are the config and the
     recorded training data. The metadata records the sources (path, SHA-256, step) under
-    ``averaged_from``; ``metrics`` is empty, since no source's metrics hold for the average.
+    ``averaged_from``. Nothing measured on a source holds for the average: ``metrics`` is
+    empty, and a calibration is dropped (the uncertainty scales reset to 1; run
+    ``cvloc calibrate`` on the average).
 
     Args:
         sources: two or more ``.pt`` checkpoints, weights files or shipped names.
@@ -364,8 +366,11 @@ def average_weights(
         k: (totals[k] / len(read)).to(v.dtype) if k in totals else v
         for k, v in first_state.items()
     }
+    config = dict(first_meta["config"])
+    config["eval"] = {**config.get("eval", {}), "covariance_scale": 1.0, "yaw_variance_scale": 1.0}
     metadata = {
-        **first_meta,
+        **{k: v for k, v in first_meta.items() if k != "calibration"},
+        "config": config,
         "code_version": code_version(),
         "metrics": {},
         "averaged_from": [
