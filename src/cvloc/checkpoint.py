@@ -205,7 +205,8 @@ def read_model_state(
     """
     path = resolve_checkpoint(name_or_path)
     if path.suffix == ".safetensors":
-        state, config_dict = _read_weights(path)
+        state, meta = _read_weights(path)
+        config_dict = meta["config"]
     else:
         ckpt = load_checkpoint(path)
         state, config_dict = ckpt["model"], ckpt["config"]
@@ -395,8 +396,8 @@ def _read_with_metadata(
     """The tensors and weights-file metadata (:func:`checkpoint_metadata`) of either format."""
     path = resolve_checkpoint(name_or_path)
     if path.suffix == ".safetensors":
-        state, _ = _read_weights(path)
-        return path, state, weights_metadata(path)
+        state, meta = _read_weights(path)
+        return path, state, meta
     ckpt = load_checkpoint(path)
     return path, ckpt["model"], checkpoint_metadata(ckpt)
 
@@ -539,12 +540,13 @@ def check_same_model(ckpt_config: Mapping[str, Any], cfg: ExperimentConfig, sour
 
 
 def _read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and decoded metadata (:func:`weights_metadata`) of a weights file."""
     meta = weights_metadata(path)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path}: unreadable weights ({_first_line(exc)})") from exc
-    return state, meta["config"]
+    return state, meta
 
 
 def _preview(items: list[str], limit: int = 8) -> str:
