@@ -175,6 +175,21 @@ def test_resume_refuses_another_model_config(cfg):
     check_same_model(config_to_dict(cfg), load_config("overfit", ["train.lr=1"]), "last.pt")
 
 
+def test_resume_fills_in_model_keys_added_later(cfg):
+    # A checkpoint from before a model key existed stored no value for it: it means the
+    # default, so it matches a config at the default and no other.
+    saved = config_to_dict(cfg)
+    assert saved["model"]["denseflow"].pop("bev_samples") == 1
+    saved["train"]["a_key_this_code_dropped"] = 1  # only the model section matters
+    check_same_model(saved, cfg, "last.pt")
+    other = load_config("overfit", ["model.denseflow.bev_samples=2"])
+    with pytest.raises(CheckpointError, match=r"denseflow\.bev_samples: checkpoint 1, now 2"):
+        check_same_model(saved, other, "last.pt")
+    saved["model"]["denseflow"]["no_such_key"] = 1
+    with pytest.raises(CheckpointError, match=r"last\.pt: stored model config is not valid here"):
+        check_same_model(saved, cfg, "last.pt")
+
+
 def test_export_and_load_safetensors(checkpoint, tmp_path, cfg):
     path, model = checkpoint
     out = export_weights(path, tmp_path / "w.safetensors")

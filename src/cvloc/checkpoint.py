@@ -382,12 +382,17 @@ def average_weights(
     return write_weights(out, averaged, metadata, max_bytes, source=str(first_path))
 
 
-def _model_section(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored model config with this code's defaults filled in (older files lack keys)."""
+def _model_section(path: Path | str, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored model config with this code's defaults filled in (older files lack keys).
+
+    Only the model section is read, so a stored data or training key that this code no
+    longer knows does not matter here.
+    """
+    model = {"model": config.get("model", {})}
     try:
-        return config_to_dict(config_from_dict(dict(config), f"{path} (stored config)").model)
+        return config_to_dict(config_from_dict(model, f"{path} (stored config)").model)
     except ConfigError as exc:
-        raise CheckpointError(f"{path}: stored config is not valid here: {exc}") from exc
+        raise CheckpointError(f"{path}: stored model config is not valid here: {exc}") from exc
 
 
 def _read_with_metadata(
@@ -523,6 +528,10 @@ def stored_training_data(name_or_path: str | os.PathLike) -> dict[str, Any] | No
 def check_same_model(ckpt_config: Mapping[str, Any], cfg: ExperimentConfig, source: str) -> None:
     """Refuse a checkpoint whose model config differs from ``cfg.model``.
 
+    The stored model section is compared with this code's defaults filled in, so a
+    checkpoint written before a model key existed matches a config that keeps that key's
+    default, as :func:`load_model` would build it.
+
     Args:
         ckpt_config: the checkpoint's stored config dict.
         cfg: the current experiment config.
@@ -531,7 +540,10 @@ def check_same_model(ckpt_config: Mapping[str, Any], cfg: ExperimentConfig, sour
     Raises:
         CheckpointError: the model sections differ (the message names every key).
     """
-    diffs = config_differences(ckpt_config.get("model", {}), config_to_dict(cfg.model), "model.")
+    # Both sides with this code's defaults filled in: a key added since the checkpoint was
+    # written means its default, as when the checkpoint is loaded (load_model).
+    stored = _model_section(source, ckpt_config)
+    diffs = config_differences(stored, config_to_dict(cfg.model), "model.")
     if diffs:
         raise CheckpointError(
             f"{source}: the checkpoint's model config differs from the current one: "
