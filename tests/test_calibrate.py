@@ -32,7 +32,7 @@ from cvloc.config import config_to_dict, load_config
 from cvloc.data.pairs import PairsDataset
 from cvloc.engine.builders import build_model
 from cvloc.localize import Localizer, Pinhole, Prior
-from cvloc.models.refinement import PriorRefinement
+from cvloc.models.refinement import ClassicalRefinement, PriorRefinement
 
 
 def test_chi_square_constants_match_their_distributions():
@@ -241,6 +241,33 @@ def test_calibrate_records_the_refinement_it_was_fitted_with(weights, pairs, tmp
     capsys.readouterr()
     assert main([*eval_args, "--refine-passes", "0"]) == 2
     assert "--refine-passes must be > 0" in capsys.readouterr().err
+
+
+def test_calibrate_records_the_classical_refinement(weights, pairs, tmp_path, capsys):
+    out = tmp_path / "classical.safetensors"
+    args = ["calibrate", "--checkpoint", str(weights), "--data", str(pairs / "val")]
+    refine = ["--classical-refine", "--classical-shift-m", "1.5", "--classical-yaw-deg", "1"]
+    assert main([*args, "--out", str(out), "--batch-size", "2", *refine]) == 0
+    _, cfg = load_model(out)
+    assert (cfg.eval.classical_refine, cfg.eval.classical_shift_m) == (True, 1.5)
+    assert (cfg.eval.classical_yaw_deg, cfg.eval.refine_passes) == (1.0, 1)
+    localizer = Localizer.from_pretrained(out)
+    assert isinstance(localizer.model, ClassicalRefinement)
+    assert (localizer.model.shift_range_m, localizer.model.yaw_range_deg) == (1.5, 1.0)
+    refined_result = _localize(localizer, pairs)
+    one_pass = _localize(Localizer.from_pretrained(weights), pairs)
+    moved = np.abs(refined_result.camera_uv - one_pass.camera_uv)
+    meta = json.loads((pairs / "val" / "samples" / "000000" / "meta.json").read_text())
+    assert moved.max() > 0 and moved.max() * meta["m_per_px"] <= 1.5 + 1e-4  # the window
+    evaluated = tmp_path / "m.json"
+    eval_args = ["eval", "--checkpoint", str(out), "--data", str(pairs / "val")]
+    assert main([*eval_args, "--json", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["method"] == "denseflow + classical refinement"
+    assert main([*eval_args, "--no-classical-refine", "--json", str(evaluated)]) == 0
+    assert json.loads(evaluated.read_text())["method"] == "denseflow"
+    capsys.readouterr()
+    assert main([*eval_args, "--classical-shift-m", "0"]) == 2
+    assert "--classical-shift-m must be > 0" in capsys.readouterr().err
 
 
 class KnownHeading(torch.utils.data.Dataset):

@@ -257,6 +257,11 @@ class EvalConfig:
         refine_shift_m: the prior's position bound declared to the passes after the first
             (metres; None keeps the data's).
         refine_yaw_deg: the same for the heading bound (degrees).
+        classical_refine: end with the classical NCC search inside a small window around
+            the estimate (:class:`cvloc.models.refinement.ClassicalRefinement`; our
+            addition to both papers).
+        classical_shift_m: that window's position half-range per axis (metres).
+        classical_yaw_deg: its heading half-range (degrees; a known heading stays known).
     """
 
     split: str = "test"
@@ -268,6 +273,9 @@ class EvalConfig:
     refine_passes: int = 1
     refine_shift_m: float | None = None
     refine_yaw_deg: float | None = None
+    classical_refine: bool = False
+    classical_shift_m: float = 2.0
+    classical_yaw_deg: float = 2.0
 
     def __post_init__(self) -> None:
         check_fields(
@@ -282,6 +290,8 @@ class EvalConfig:
                 "refine_passes",
                 "refine_shift_m",
                 "refine_yaw_deg",
+                "classical_shift_m",
+                "classical_yaw_deg",
             ),
         )
 

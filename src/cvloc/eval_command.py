@@ -76,13 +76,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the test-time refinement options (``eval.refine_*``, default: the checkpoint's).
+    """Register the test-time refinement options (``eval.refine_*``, ``eval.classical_*``).
+
+    Each defaults to the checkpoint's eval settings.
 
     Args:
         parser: the sub-command parser.
     """
     group = parser.add_argument_group(
-        "refinement passes (cvloc.models.refinement; default: the checkpoint's eval settings)"
+        "refinement (cvloc.models.refinement; default: the checkpoint's eval settings)"
     )
     group.add_argument(
         "--refine-passes", type=int, metavar="N", help="forward passes per pair (1: one pass)"
@@ -98,6 +100,23 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         metavar="DEG",
         help="heading bound declared to passes after the first (degrees)",
+    )
+    group.add_argument(
+        "--classical-refine",
+        action=argparse.BooleanOptionalAction,
+        help="end with the classical NCC search in a window around the estimate",
+    )
+    group.add_argument(
+        "--classical-shift-m",
+        type=float,
+        metavar="M",
+        help="that window's position half-range per axis (metres)",
+    )
+    group.add_argument(
+        "--classical-yaw-deg",
+        type=float,
+        metavar="DEG",
+        help="that window's heading half-range (degrees)",
     )
 
 
@@ -120,11 +139,11 @@ def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:
     try:
         return dataclasses.replace(eval_config, **given)
     except ValueError as exc:
-        raise UsageError(str(exc).replace("eval.refine_", "--refine-").replace("_", "-")) from exc
+        raise UsageError(str(exc).replace("eval.", "--").replace("_", "-")) from exc
 
 
 def _given_refine_options(args: argparse.Namespace) -> list[str]:
-    """The ``eval.refine_*`` fields set on the command line (argparse dests match them)."""
+    """The refinement fields (:data:`REFINE_FIELDS`) set on the command line (as dests)."""
     from cvloc.models.refinement import REFINE_FIELDS
 
     return [name for name in REFINE_FIELDS if getattr(args, name) is not None]
@@ -220,6 +239,8 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     method = cfg.model.method
     if settings.refine_passes > 1:
         method = f"{method} ({settings.refine_passes} passes)"
+    if settings.classical_refine:
+        method = f"{method} + classical refinement"
     defaults = {"preset": cfg.data.preset, "seed": cfg.data.seed}
     return refined(model, settings), method, defaults
 

@@ -1,18 +1,22 @@
 """Prior refinement: later passes start from the previous estimate, narrowed bounds reach
-the model, a known heading stays known, and match sources keep their ground pixels."""
+the model, a known heading stays known, and match sources keep their ground pixels; the
+classical refinement aligns inside its window and never beyond it."""
 
+import dataclasses
 import math
 
 import pytest
 import torch
+from test_baselines import M_PER_PX, plane_batch
 from test_denseflow import TINY, make_batch
 from test_finematch import TINY as TINY_FINEMATCH
 
 from cvloc.config import EvalConfig
 from cvloc.evaluate import lift_matches_to_ground
+from cvloc.geometry.geo import pixel_to_world_xy
 from cvloc.models import DenseFlow
 from cvloc.models.finematch import FineMatch
-from cvloc.models.refinement import PriorRefinement, move_sources, refined
+from cvloc.models.refinement import ClassicalRefinement, PriorRefinement, move_sources, refined
 
 KEYS = ("camera_uv_pred", "yaw_deg_pred", "match_src_uv", "match_dst_uv", "match_weight")
 
@@ -145,3 +149,85 @@ def test_eval_config_checks_the_refinement_fields():
         EvalConfig(refine_passes=0)
     with pytest.raises(ValueError, match=r"eval\.refine_yaw_deg"):
         EvalConfig(refine_yaw_deg=0.0)
+
+
+class FixedEstimate(torch.nn.Module):
+    """A stand-in localizer that answers the ground truth moved by a fixed error."""
+
+    def __init__(self, shift_m: tuple[float, float], dyaw_deg: float) -> None:
+        super().__init__()
+        self.shift_m, self.dyaw_deg = shift_m, dyaw_deg
+
+    def forward(self, batch):
+        uv = batch["camera_uv_gt"] + torch.tensor([self.shift_m[0], -self.shift_m[1]]) / M_PER_PX
+        g = torch.Generator().manual_seed(0)
+        return {
+            "camera_uv_pred": uv,
+            "camera_xy_pred": pixel_to_world_xy(uv, batch["sat_center_uv"], batch["m_per_px"]),
+            "yaw_deg_pred": batch["yaw_deg_gt"] + self.dyaw_deg,
+            "match_src_uv": torch.rand(1, 7, 2, generator=g),
+            "match_dst_uv": torch.rand(1, 7, 2, generator=g),
+            "match_weight": torch.rand(1, 7, generator=g),
+        }
+
+
+def window_errors(out, estimate, batch):
+    """(max per-axis position offset in metres, heading offset) of ``out`` from ``estimate``."""
+    du = (out["camera_uv_pred"] - estimate["camera_uv_pred"]).abs().max().item()
+    dyaw = (out["yaw_deg_pred"] - estimate["yaw_deg_pred"]).abs().item()
+    return du * batch["m_per_px"].item(), dyaw
+
+
+def test_classical_refinement_aligns_inside_its_window():
+    # The textured plane of test_baselines: a flat BEV at the true pose copies the satellite,
+    # so the local search must pull an estimate 1.3 m and 1.5 deg off back towards it.
+    batch = plane_batch()
+    model = FixedEstimate((1.0, -0.8), 1.5)
+    runner = ClassicalRefinement(model, shift_range_m=2.0, yaw_range_deg=2.0)
+    with torch.inference_mode():
+        estimate, out = model(batch), runner(batch)
+    error_m = (out["camera_uv_pred"] - batch["camera_uv_gt"]).norm().item() * M_PER_PX
+    assert error_m < 0.5
+    assert abs(out["yaw_deg_pred"] - batch["yaw_deg_gt"]).item() < 1.0
+    expected_xy = pixel_to_world_xy(out["camera_uv_pred"], batch["sat_center_uv"], M_PER_PX)
+    torch.testing.assert_close(out["camera_xy_pred"], expected_xy)
+    assert out["classical_score"].shape == (1,) and out["classical_score"].item() > 0.3
+    for key in ("match_src_uv", "match_dst_uv", "match_weight"):  # the localizer's own
+        assert torch.equal(out[key], estimate[key])
+    shift, dyaw = window_errors(out, estimate, batch)
+    assert shift <= 2.0 + 1e-5 and dyaw <= 2.0 + 1e-5  # never beyond the window
+
+
+def test_classical_refinement_keeps_the_batch_bounds_and_a_known_heading():
+    batch = plane_batch()
+    model = FixedEstimate((1.0, -0.8), 1.5)
+    runner = ClassicalRefinement(model, shift_range_m=2.0, yaw_range_deg=2.0)
+    narrow = dict(batch, shift_range_m=torch.tensor([0.4]), yaw_range_deg=torch.tensor([0.0]))
+    with torch.inference_mode():
+        estimate, out = model(narrow), runner(narrow)
+    shift, dyaw = window_errors(out, estimate, narrow)
+    assert shift <= 0.4 + 1e-5 and dyaw == 0.0  # the batch's 0.4 m, its known heading
+    far = FixedEstimate((9.0, 7.0), 1.0)  # out of the window: it can only move 2 m
+    with torch.inference_mode():
+        estimate, out = far(batch), ClassicalRefinement(far, 2.0, 2.0)(batch)
+    shift, dyaw = window_errors(out, estimate, batch)
+    assert shift <= 2.0 + 1e-5 and dyaw <= 2.0 + 1e-5
+    # An undeclared position bound (0, the pairs format's default) becomes the window's.
+    undeclared = dict(batch, shift_range_m=torch.tensor([0.0]))
+    with torch.inference_mode():
+        out = ClassicalRefinement(far, 2.0, 2.0)(undeclared)
+    shift, _ = window_errors(out, estimate, undeclared)
+    assert 1.0 < shift <= 2.0 + 1e-5  # moved towards the truth, but not beyond 2 m
+
+
+def test_refined_composes_the_settings(denseflow):
+    settings = EvalConfig(classical_refine=True, classical_shift_m=3.0, classical_yaw_deg=1.0)
+    runner = refined(denseflow, settings)
+    assert isinstance(runner, ClassicalRefinement) and runner.model is denseflow
+    assert (runner.shift_range_m, runner.yaw_range_deg) == (3.0, 1.0)
+    both = refined(denseflow, dataclasses.replace(settings, refine_passes=2))
+    assert isinstance(both, ClassicalRefinement) and isinstance(both.model, PriorRefinement)
+    with pytest.raises(ValueError, match=r"eval\.classical_shift_m must be > 0"):
+        EvalConfig(classical_shift_m=0.0)
+    with pytest.raises(ValueError, match="yaw_range_deg > 0"):
+        ClassicalRefinement(denseflow, 2.0, float("nan"))

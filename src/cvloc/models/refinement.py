@@ -19,6 +19,16 @@ at the batch's own prior (:func:`move_sources`), so that the correspondence metr
 lift sources with the batch's prior (:func:`cvloc.evaluate.lift_matches_to_ground`), see
 the ground pixels the model matched. Flows and per-iteration outputs are dropped: they are
 relative to the last pass's BEV.
+
+:class:`ClassicalRefinement` ends with the classical search instead
+(:class:`cvloc.models.baselines.ClassicalBaseline`: flat-ground BEV of the grey ground
+image, gradient features, exhaustive masked NCC) inside a small window around the
+localizer's estimate (``eval.classical_refine``). The learned model finds the basin; the
+search, which lands within a few decimetres when it succeeds and fails by tens of metres
+when it looks over the whole prior range, then only has to align locally. The pose is the
+search's; the correspondences stay the localizer's (the search's are its BEV moved
+rigidly). Measured on the synthetic world, where ground and satellite share their texture:
+on real imagery the NCC of gradients is weaker, so validate the window there before use.
 """
 
 from __future__ import annotations
@@ -29,13 +39,21 @@ import torch
 from torch import nn
 
 from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
-from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d
+from cvloc.geometry.pose import apply_rigid_2d, relative_rigid_2d, wrap_deg
+from cvloc.models.baselines import ClassicalBaseline, ClassicalConfig
 
 # Outputs kept from the last pass; the rest are per-BEV (flows, volumes) and dropped.
 POSE_KEYS = ("camera_uv_pred", "camera_xy_pred", "yaw_deg_pred")
 MATCH_KEYS = ("match_src_uv", "match_dst_uv", "match_weight", "match_height_m")
-# The EvalConfig fields that set the passes (read by :func:`refined`).
-REFINE_FIELDS = ("refine_passes", "refine_shift_m", "refine_yaw_deg")
+# The EvalConfig fields that set the refinement (read by :func:`refined`).
+REFINE_FIELDS = (
+    "refine_passes",
+    "refine_shift_m",
+    "refine_yaw_deg",
+    "classical_refine",
+    "classical_shift_m",
+    "classical_yaw_deg",
+)
 
 
 def move_sources(
@@ -135,15 +153,107 @@ class PriorRefinement(nn.Module):
 
     def _next_prior(self, batch: dict[str, Any], pred: dict[str, Any]) -> dict[str, Any]:
         """The batch with its prior replaced by ``pred`` and its bounds narrowed."""
-        out = dict(batch)
-        out["camera_uv_prior"] = pred["camera_uv_pred"].detach().to(batch["camera_uv_prior"])
-        out["yaw_deg_prior"] = pred["yaw_deg_pred"].detach().to(batch["yaw_deg_prior"])
-        bounds = {"shift_range_m": self.shift_range_m, "yaw_range_deg": self.yaw_range_deg}
-        for key, bound in bounds.items():
-            if bound is not None and key in batch:
-                # min keeps 0 (a known heading) and never widens the batch's own bound.
-                out[key] = torch.clamp(batch[key], max=bound)
-        return out
+        return prior_from_estimate(batch, pred, self.shift_range_m, self.yaw_range_deg)
+
+
+class ClassicalRefinement(nn.Module):
+    """Wrap a localizer: finish with the classical NCC search in a window around its pose.
+
+    ``forward(batch)`` returns the localizer's prediction with the pose keys
+    (:data:`POSE_KEYS`) replaced by the search's, started from the localizer's estimate
+    with the bounds ``shift_range_m`` and ``yaw_range_deg`` (each never wider than the
+    batch's own, :func:`prior_from_estimate`; a known heading stays known) and clamped to
+    them, plus ``classical_score`` (B,), the search's best NCC (-inf where no shift
+    overlapped enough: the localizer's pose is then kept, as the search returns its
+    prior). The correspondences and every other key stay the
+    localizer's, relative to the batch's own prior. Module docstring: why.
+
+    Args:
+        model: a localizer with the prediction contract of :mod:`cvloc.models`.
+        shift_range_m: the window's position half-range per axis, metres, > 0.
+        yaw_range_deg: its heading half-range, degrees, > 0.
+        config: the search's settings (default: the classical baseline's).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        shift_range_m: float,
+        yaw_range_deg: float,
+        config: ClassicalConfig | None = None,
+    ) -> None:
+        super().__init__()
+        for name, value in (("shift_range_m", shift_range_m), ("yaw_range_deg", yaw_range_deg)):
+            if not value > 0:
+                raise ValueError(f"expected {name} > 0, got {value}")
+        self.model, self.search = model, ClassicalBaseline(config)
+        self.shift_range_m, self.yaw_range_deg = shift_range_m, yaw_range_deg
+        keys = getattr(model, "required_keys", ())
+        bounds = ("shift_range_m", "yaw_range_deg")  # the search reads them
+        self.required_keys = (*keys, *(k for k in bounds if k not in keys))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Localize a batch, then align locally.
+
+        Args:
+            batch: the wrapped model's inputs and the search's (:class:`ClassicalBaseline`),
+                ``shift_range_m`` and ``yaw_range_deg`` (B,) among them.
+
+        Returns:
+            The localizer's prediction with the search's pose and ``classical_score``.
+        """
+        pred = dict(self.model(batch))
+        window = prior_from_estimate(batch, pred, self.shift_range_m, self.yaw_range_deg)
+        found = self.search(window)
+        # The search's local passes may step up to 1.5 cells and 0.75 steps of heading past
+        # its range: clamp, so that the window bounds the change for certain.
+        start_uv, start_yaw = window["camera_uv_prior"].double(), window["yaw_deg_prior"].double()
+        reach_px = (window["shift_range_m"].double() / window["m_per_px"].double())[:, None]
+        move = found["camera_uv_pred"].double() - start_uv
+        camera_uv = start_uv + torch.maximum(torch.minimum(move, reach_px), -reach_px)
+        turn = wrap_deg(found["yaw_deg_pred"].double() - start_yaw)
+        reach_deg = window["yaw_range_deg"].double()
+        yaw = wrap_deg(start_yaw + torch.maximum(torch.minimum(turn, reach_deg), -reach_deg))
+        center, m = batch["sat_center_uv"].double(), batch["m_per_px"].double()
+        pred["camera_uv_pred"] = camera_uv.to(pred["camera_uv_pred"])
+        pred["camera_xy_pred"] = pixel_to_world_xy(camera_uv, center, m).to(pred["camera_xy_pred"])
+        pred["yaw_deg_pred"] = yaw.to(pred["yaw_deg_pred"])
+        pred["classical_score"] = found["search_score"]
+        return pred
+
+
+def prior_from_estimate(
+    batch: dict[str, Any],
+    pred: dict[str, Any],
+    shift_range_m: float | None,
+    yaw_range_deg: float | None,
+) -> dict[str, Any]:
+    """The batch with its prior replaced by an estimate and its bounds narrowed.
+
+    Args:
+        batch: the inputs (``camera_uv_prior`` (B, 2), ``yaw_deg_prior`` (B,), optionally
+            ``shift_range_m`` and ``yaw_range_deg`` (B,)).
+        pred: a prediction (``camera_uv_pred``, ``yaw_deg_pred``).
+        shift_range_m: the new position bound, never wider than the batch's (a batch's 0,
+            undeclared, :data:`cvloc.data.pairs.META_DEFAULTS`, becomes this bound); None
+            keeps the batch's.
+        yaw_range_deg: the same for the heading; a known heading (0) stays 0.
+
+    Returns:
+        A new batch dict (the other entries shared with ``batch``).
+    """
+    out = dict(batch)
+    out["camera_uv_prior"] = pred["camera_uv_pred"].detach().to(batch["camera_uv_prior"])
+    out["yaw_deg_prior"] = pred["yaw_deg_pred"].detach().to(batch["yaw_deg_prior"])
+    if shift_range_m is not None and "shift_range_m" in batch:
+        bound = batch["shift_range_m"]
+        out["shift_range_m"] = torch.where(
+            bound > 0, bound.clamp(max=shift_range_m), shift_range_m
+        )
+    if yaw_range_deg is not None and "yaw_range_deg" in batch:
+        # min keeps 0 (a known heading) and never widens the batch's own bound.
+        out["yaw_range_deg"] = batch["yaw_range_deg"].clamp(max=yaw_range_deg)
+    return out
 
 
 def refined(model: nn.Module, eval_config: Any) -> nn.Module:
@@ -151,14 +261,22 @@ def refined(model: nn.Module, eval_config: Any) -> nn.Module:
 
     Args:
         model: a localizer.
-        eval_config: a :class:`cvloc.config.EvalConfig` (``refine_passes``,
-            ``refine_shift_m``, ``refine_yaw_deg``).
+        eval_config: a :class:`cvloc.config.EvalConfig` (its :data:`REFINE_FIELDS`).
 
     Returns:
-        ``model`` itself for one pass, else a :class:`PriorRefinement` around it.
+        ``model`` itself for one pass without classical refinement; else the model inside a
+        :class:`PriorRefinement` (more passes), that inside a :class:`ClassicalRefinement`
+        (``classical_refine``).
     """
-    if eval_config.refine_passes == 1:
-        return model
-    return PriorRefinement(
-        model, eval_config.refine_passes, eval_config.refine_shift_m, eval_config.refine_yaw_deg
-    )
+    if eval_config.refine_passes > 1:
+        model = PriorRefinement(
+            model,
+            eval_config.refine_passes,
+            eval_config.refine_shift_m,
+            eval_config.refine_yaw_deg,
+        )
+    if eval_config.classical_refine:
+        model = ClassicalRefinement(
+            model, eval_config.classical_shift_m, eval_config.classical_yaw_deg
+        )
+    return model
