@@ -12,9 +12,15 @@ and area under ``--data-dir`` and reused), same area and cross area, for each ``
 (``kitti-small``: pinhole, prior +-20 m / +-10 deg; ``vigor-small``: panorama). The learned
 methods need a checkpoint per preset (``METHOD:PRESET=NAME_OR_PATH``); a learned method
 without one for a preset is left out of that preset's table and listed under
-``settings.missing``. The metrics are those of ``design.md`` (localisation, and the
-CVFM-style match precision of the top-30 and of all confident matches on the satellite
-image): both methods' correspondences are scored the same way.
+``settings.missing``. ``DenseFlow+classical`` and ``FineMatch+classical`` use the same
+checkpoints as ``DenseFlow`` and ``FineMatch``, finished by the classical search in a small
+window around their estimate (``eval.classical_refine``; the window recorded in the weights,
+else the defaults of :class:`cvloc.config.EvalConfig`); the plain rows run without it.
+
+The metrics are those of ``design.md`` (localisation, and the CVFM-style match precision
+of the top-30 and of all confident matches on the satellite image): both methods'
+correspondences are scored the same way (with the classical refinement they stay the
+learned method's own).
 
 Writes ``benchmarks/results/method_comparison.json`` ({"settings", PRESET: {AREA: {method:
 metrics JSON}}}) and the Markdown tables beside it (``.md``). With ``--merge`` the methods
@@ -24,6 +30,7 @@ not run now keep their entries (and settings) from the existing file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -44,7 +51,9 @@ from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
 from cvloc.models.refinement import refined
 
-LEARNED = ("DenseFlow", "FineMatch")
+# "+classical": the learned method finished by the classical search in a small window around
+# its estimate (cvloc.models.refinement.ClassicalRefinement), with the same weights.
+LEARNED = ("DenseFlow", "DenseFlow+classical", "FineMatch", "FineMatch+classical")
 METHODS = ("prior", "classical", *LEARNED)
 PRESETS = ("kitti-small", "vigor-small")
 
@@ -79,8 +88,9 @@ def run_method(
     """The metrics JSON of one method on a pairs directory's dataset.
 
     A learned method runs as its weights' test-time settings say (``eval.refine_*``,
-    :func:`cvloc.models.refinement.refined`), as ``cvloc eval`` runs it; the metrics record
-    ``refine_passes``.
+    :func:`cvloc.models.refinement.refined`), as ``cvloc eval`` runs it, except that the
+    classical refinement is on exactly for the ``+classical`` names; the metrics record
+    ``refine_passes`` and ``classical_refine``.
 
     Args:
         name: one of :data:`METHODS`.
@@ -95,12 +105,20 @@ def run_method(
         return baseline_metrics(name, pairs, args.workers)
     assert checkpoint is not None
     model, cfg = load_or_exit(checkpoint)
-    if cfg.model.method.lower() != name.lower():
+    method, _, finish = name.partition("+")
+    if cfg.model.method.lower() != method.lower():
         raise SystemExit(f"{checkpoint}: a {cfg.model.method} checkpoint given for {name}")
+    settings = dataclasses.replace(cfg.eval, classical_refine=finish == "classical")
     metrics = evaluate(
-        refined(model, cfg.eval), pairs, batch_size=args.batch, method=name, checkpoint=checkpoint
+        refined(model, settings), pairs, batch_size=args.batch, method=name, checkpoint=checkpoint
     )
-    return {**metrics, "refine_passes": cfg.eval.refine_passes}
+    window = (settings.classical_shift_m, settings.classical_yaw_deg)
+    return {
+        **metrics,
+        "refine_passes": settings.refine_passes,
+        "classical_refine": settings.classical_refine,
+        **({"classical_window": window} if settings.classical_refine else {}),
+    }
 
 
 def main() -> None:
@@ -143,7 +161,7 @@ def main() -> None:
             )
             entry = results.setdefault(preset, {}).setdefault(area, {})
             for name in args.methods:
-                checkpoint = checkpoints.get((name, preset))
+                checkpoint = checkpoints.get((name.partition("+")[0], preset))
                 if name in LEARNED and checkpoint is None:
                     missing.add(f"{name}:{preset}")
                     entry.pop(name, None)

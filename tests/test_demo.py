@@ -3,6 +3,7 @@
 import contextlib
 import io
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from cvloc.data.pairs import PairsDataset
 from cvloc.engine.builders import build_model
 
 NUM, FIGURES = 4, 2
+LEARNED = ("DenseFlow", "DenseFlow + classical")
 DESIGN_KEYS = {
     "num_samples", "location_mean_m", "location_median_m", "lateral_mean_m",
     "lateral_median_m", "longitudinal_mean_m", "longitudinal_median_m", "lateral_recall_1m",
@@ -67,14 +69,19 @@ def test_metrics_json_has_every_method(demo_run: tuple[Path, str], weights: Path
     out, _ = demo_run
     report = json.loads((out / "metrics.json").read_text())
     assert set(report) == {"data", "methods", "stage_seconds"}
-    assert list(report["methods"]) == ["prior", "classical", "DenseFlow"]
+    assert list(report["methods"]) == ["prior", "classical", *LEARNED]
     for name, metrics in report["methods"].items():
         assert DESIGN_KEYS.issubset(metrics), name
         assert metrics["num_samples"] == NUM and metrics["method"] == name
     assert report["methods"]["DenseFlow"]["checkpoint"] == str(weights)
     assert "flow_epe_px" in report["methods"]["DenseFlow"]
     assert "match_precision_5px" in report["methods"]["classical"]
-    assert set(report["stage_seconds"]) == {"pairs", "prior", "classical", "DenseFlow"}
+    assert set(report["stage_seconds"]) == {"pairs", "prior", "classical", *LEARNED}
+    # The refinement keeps DenseFlow's correspondences and moves its pose by at most the
+    # default window (2 m per axis: 2 sqrt(2) m at most, so the errors differ by no more).
+    plain, finished = (report["methods"][name] for name in LEARNED)
+    assert finished["match_precision_15px"] == plain["match_precision_15px"]
+    assert finished["location_mean_m"] <= plain["location_mean_m"] + 2 * math.sqrt(2) + 1e-6
 
 
 def test_figures_written(demo_run: tuple[Path, str]) -> None:
@@ -92,7 +99,7 @@ def test_figures_written(demo_run: tuple[Path, str]) -> None:
 def test_prints_table_and_timing(demo_run: tuple[Path, str]) -> None:
     _, text = demo_run
     assert "| Method | Location mean (m) |" in text
-    for name in ("prior", "classical", "DenseFlow"):
+    for name in ("prior", "classical", *LEARNED):
         assert f"| {name} |" in text
     assert "demo finished in" in text and "classical" in text
 

@@ -8,7 +8,10 @@ Stages, each timed, with progress bars:
    ``--workers`` single-thread processes, ``seconds_per_pair`` being one process's time.
 3. **DenseFlow**: the shipped ``denseflow-synth-kitti-small`` weights (or ``--checkpoint``)
    through :func:`cvloc.evaluate.evaluate`, one torch thread; without weights the demo says
-   so in one line and goes on with the baselines.
+   so in one line and goes on with the baselines. Then **DenseFlow + classical**: the same
+   estimates finished by the classical search in a small window around them
+   (:class:`cvloc.models.refinement.ClassicalRefinement`; the window the weights record,
+   else the default of :class:`cvloc.config.EvalConfig`).
 4. **figures** of the first ``--figures`` pairs: DenseFlow's Fig. 4 (ground image, BEV
    inliers, poses) and Fig. 5 (matches by confidence, confidence map), from DenseFlow's
    prediction, or the classical one without weights.
@@ -36,6 +39,7 @@ from tqdm import tqdm
 
 from cvloc import __version__
 from cvloc.checkpoint import CheckpointError, load_model, resolve_checkpoint
+from cvloc.config import EvalConfig
 from cvloc.data.batch import camera_xy, collate
 from cvloc.data.pairs import PairsDataset, PairsFormatError, write_dataset_json, write_pair
 from cvloc.data.synthetic import generate_pair
@@ -47,6 +51,7 @@ from cvloc.metrics import (
     metrics_to_json,
 )
 from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
+from cvloc.models.refinement import ClassicalRefinement
 
 PRESET, SPLIT, AREA = "kitti-small", "test", "same"
 WEIGHTS = "denseflow-synth-kitti-small"
@@ -110,7 +115,7 @@ def _run(args: argparse.Namespace) -> int:
     with _stage(seconds, "pairs"):
         dataset = write_synthetic_pairs(args.out, args.num, args.seed, args.workers)
     data = f"synthetic {PRESET} {SPLIT}/{AREA} seed {args.seed}, {args.num} pairs ({args.out})"
-    denseflow, checkpoint = _load_denseflow(args.checkpoint)
+    denseflow, checkpoint, window = _load_denseflow(args.checkpoint)
     results: dict[str, dict[str, Any]] = {}
     with _stage(seconds, "prior"):  # poses only: skip decoding the correspondences
         poses = PairsDataset(args.out, load_correspondences=False)
@@ -121,6 +126,13 @@ def _run(args: argparse.Namespace) -> int:
         with _stage(seconds, "DenseFlow"):
             results["DenseFlow"] = evaluate(
                 denseflow, dataset, method="DenseFlow", checkpoint=str(checkpoint)
+            )
+        with _stage(seconds, "DenseFlow + classical"):
+            results["DenseFlow + classical"] = evaluate(
+                ClassicalRefinement(denseflow, *window),
+                dataset,
+                method="DenseFlow + classical",
+                checkpoint=str(checkpoint),
             )
     print(format_metrics_table(results, title=data))
     path = args.out / "metrics.json"
@@ -205,15 +217,21 @@ def _write_one(job: tuple[Path, str, str, str, int, int]) -> dict[str, Any]:
     return p.meta
 
 
-def _load_denseflow(name: str) -> tuple[torch.nn.Module | None, Path | None]:
-    """The DenseFlow model and its file, or (None, None) after a one-line explanation."""
+def _load_denseflow(
+    name: str,
+) -> tuple[torch.nn.Module | None, Path | None, tuple[float, float]]:
+    """The DenseFlow model, its file and its classical refinement window (metres, degrees).
+
+    (None, None, the default window) after a one-line explanation when there is no model.
+    """
+    window = (EvalConfig.classical_shift_m, EvalConfig.classical_yaw_deg)
     try:
         path = resolve_checkpoint(name)
-        model, _ = load_model(path)
+        model, cfg = load_model(path)
     except (FileNotFoundError, CheckpointError) as exc:  # missing, corrupt or mismatching
         print(f"DenseFlow weights not available ({exc}); evaluating the baselines only")
-        return None, None
-    return model, path
+        return None, None, window
+    return model, path, (cfg.eval.classical_shift_m, cfg.eval.classical_yaw_deg)
 
 
 def evaluate_classical(

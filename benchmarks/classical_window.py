@@ -1,0 +1,106 @@
+r"""The window of the classical refinement (:class:`cvloc.models.refinement.ClassicalRefinement`).
+
+Reproduce the recorded choice (about 15 min on 2 CPU cores)::
+
+    python benchmarks/classical_window.py --checkpoint denseflow-synth-kitti-small --val-num 200
+
+The checkpoint runs on ``--val-num`` synthetic ``val`` pairs (same area; never the test
+split) as its weights' test-time settings say, once without the classical refinement and
+once per ``--settings`` window ``SHIFT_M,YAW_DEG`` (half-ranges around the localizer's
+estimate). The window of lowest median location error wins; a tie goes to the window listed
+first (the smaller search). ``cvloc calibrate --classical-refine --classical-shift-m ...
+--classical-yaw-deg ...`` records it in the weights (``training/README.md``); the test
+split is reported by ``benchmarks/method_comparison.py``, with and without it.
+
+Writes ``benchmarks/results/classical_window.json`` ({"settings", "val": {run: metrics},
+"chosen"}) and the Markdown table beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common import DATA_DIR, RESULTS, load_or_exit, run_settings, synthetic_split, write_results
+from cvloc.evaluate import evaluate
+from cvloc.metrics import format_metrics_table
+from cvloc.models.refinement import refined
+
+DEFAULT_SETTINGS = ("1,1", "2,1", "2,2", "3,2", "3,3")
+
+
+def parse_window(text: str) -> tuple[float, float]:
+    """``SHIFT_M,YAW_DEG`` -> (shift, yaw), both > 0.
+
+    Args:
+        text: the option value.
+
+    Returns:
+        The window.
+
+    Raises:
+        SystemExit: malformed or not positive.
+    """
+    try:
+        shift, yaw = (float(part) for part in text.split(","))
+    except ValueError as exc:
+        raise SystemExit(f"--settings {text!r}: expected SHIFT_M,YAW_DEG ({exc})") from exc
+    if not (shift > 0 and yaw > 0):
+        raise SystemExit(f"--settings {text!r}: both half-ranges must be > 0")
+    return shift, yaw
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", required=True, help="weights name or file")
+    parser.add_argument("--preset", default="kitti-small", help="synthetic preset")
+    parser.add_argument("--val-num", type=int, default=200, help="val pairs for the choice")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument(
+        "--settings", nargs="+", default=list(DEFAULT_SETTINGS), help="SHIFT_M,YAW_DEG"
+    )
+    parser.add_argument("--workers", type=int, default=1, help="pair generator processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS / "classical_window.json", help="results JSON"
+    )
+    args = parser.parse_args()
+    windows = {text: parse_window(text) for text in args.settings}
+    torch.set_num_threads(args.threads)
+    model, cfg = load_or_exit(args.checkpoint)
+    val = synthetic_split(args.preset, "val", "same", args.val_num, args.seed, args.workers,
+                          args.data_dir)  # fmt: skip
+    runs = {"without": dataclasses.replace(cfg.eval, classical_refine=False)}
+    for text, (shift, yaw) in windows.items():
+        runs[f"window {text}"] = dataclasses.replace(
+            cfg.eval, classical_refine=True, classical_shift_m=shift, classical_yaw_deg=yaw
+        )
+    results: dict[str, Any] = {"settings": run_settings(args), "val": {}}
+    for name, settings in runs.items():
+        metrics = evaluate(refined(model, settings), val, progress=False, method=name)
+        results["val"][name] = metrics
+        print(
+            f"val {name}: median {metrics['location_median_m']:.3f} m, "
+            f"yaw {metrics['yaw_median_deg']:.3f} deg, "
+            f"{metrics['seconds_per_pair']:.2f} s per pair",
+            flush=True,
+        )
+    chosen = min(windows, key=lambda t: results["val"][f"window {t}"]["location_median_m"])
+    results["chosen"] = chosen
+    print(f"chosen on val: {chosen}")
+    title = (
+        f"{args.checkpoint}, {args.preset} val, same area, {args.val_num} pairs: classical "
+        f"refinement windows SHIFT_M,YAW_DEG (chosen: {chosen})"
+    )
+    write_results(args.out, results, [format_metrics_table(results["val"], title=title)])
+
+
+if __name__ == "__main__":
+    main()
