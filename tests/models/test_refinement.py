@@ -231,3 +231,6 @@ def test_refined_composes_the_settings(denseflow):
         EvalConfig(classical_shift_m=0.0)
     with pytest.raises(ValueError, match="yaw_range_deg > 0"):
         ClassicalRefinement(denseflow, 2.0, float("nan"))
+    batch = {k: v for k, v in plane_batch().items() if k != "yaw_range_deg"}
+    with pytest.raises(KeyError, match=r"misses keys \['yaw_range_deg'\]"):
+        runner(batch)

@@ -165,8 +165,8 @@ class ClassicalRefinement(nn.Module):
     batch's own, :func:`prior_from_estimate`; a known heading stays known) and clamped to
     them, plus ``classical_score`` (B,), the search's best NCC (-inf where no shift
     overlapped enough: the localizer's pose is then kept, as the search returns its
-    prior). The correspondences and every other key stay the
-    localizer's, relative to the batch's own prior. Module docstring: why.
+    prior). The correspondences and every other key stay the localizer's, relative to the
+    batch's own prior. Module docstring: why.
 
     Args:
         model: a localizer with the prediction contract of :mod:`cvloc.models`.
@@ -201,7 +201,13 @@ class ClassicalRefinement(nn.Module):
 
         Returns:
             The localizer's prediction with the search's pose and ``classical_score``.
+
+        Raises:
+            KeyError: the batch lacks the prior's bounds.
         """
+        missing = [k for k in ("shift_range_m", "yaw_range_deg") if k not in batch]
+        if missing:
+            raise KeyError(f"ClassicalRefinement: batch misses keys {missing} (the window)")
         pred = dict(self.model(batch))
         window = prior_from_estimate(batch, pred, self.shift_range_m, self.yaw_range_deg)
         found = self.search(window)
