@@ -175,3 +175,35 @@ def test_user_errors_exit_2_with_one_line(pairs, tmp_path, capsys, change, expec
             *["--m-per-px", "0.39", "--camera-height-m", "1.65"], *change.get("extra", []),
             "--out", str(tmp_path / "out")]  # fmt: skip
     one_line_error(capsys, argv, expected)
+
+
+def test_refinement_options_override_the_weights(pairs, tmp_path, capsys):
+    # The shipped DenseFlow weights record the classical refinement (3 m window):
+    # --no-classical-refine runs the network alone, as the Python API's override does.
+    from cvloc.localize import Localizer, Pinhole, Prior
+
+    directory, meta, args = pair(pairs, "kitti-small", 1)
+    options = ["--m-per-px", str(meta["m_per_px"]), "--camera-height-m", "1.65",
+               "--prior-yaw-deg", str(meta["prior"]["yaw_deg"])]  # fmt: skip
+    base = ["localize", "--checkpoint", "denseflow-synth-kitti-small", *args, *options]
+    poses = {}
+    for name, extra in (("shipped", []), ("network", ["--no-classical-refine"])):
+        assert main([*base, *extra, "--out", str(tmp_path / name), "--no-visualization"]) == 0
+        poses[name] = json.loads((tmp_path / name / "pose.json").read_text())
+    moved_m = np.abs(np.subtract(poses["shipped"]["camera_uv"], poses["network"]["camera_uv"]))
+    assert 0 < moved_m.max() * meta["m_per_px"] <= 3.0 + 1e-4
+    network = Localizer.from_pretrained(
+        "denseflow-synth-kitti-small", refinement={"classical_refine": False}
+    ).localize(
+        directory / "ground.png", directory / "satellite.png", Pinhole(K=meta["K"]),
+        m_per_px=meta["m_per_px"], camera_height_m=1.65,
+        prior=Prior(yaw_deg=meta["prior"]["yaw_deg"]),
+    )  # fmt: skip
+    np.testing.assert_allclose(network.camera_uv, poses["network"]["camera_uv"], atol=1e-4)
+    capsys.readouterr()
+    one_line_error(capsys, [*base, "--classical-shift-m", "0", "--out", str(tmp_path / "x")],
+                   "--classical-shift-m must be > 0")  # fmt: skip
+    prior = ["localize", "--method", "prior", *args, *options, "--out", str(tmp_path / "y")]
+    one_line_error(capsys, [*prior, "--no-classical-refine"], "--classical-refine applies to a")
+    with pytest.raises(ValueError, match=r"unknown fields \['passes'\]"):
+        Localizer.from_pretrained("denseflow-synth-kitti-small", refinement={"passes": 2})

@@ -135,14 +135,14 @@ def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:
     """
     import dataclasses
 
-    given = {name: getattr(args, name) for name in _given_refine_options(args)}
+    given = {name: getattr(args, name) for name in given_refine_options(args)}
     try:
         return dataclasses.replace(eval_config, **given)
     except ValueError as exc:
         raise UsageError(str(exc).replace("eval.", "--").replace("_", "-")) from exc
 
 
-def _given_refine_options(args: argparse.Namespace) -> list[str]:
+def given_refine_options(args: argparse.Namespace) -> list[str]:
     """The refinement fields (:data:`REFINE_FIELDS`) set on the command line (as dests)."""
     from cvloc.models.refinement import REFINE_FIELDS
 
@@ -218,7 +218,7 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
-        given = [f"--{name.replace('_', '-')}" for name in _given_refine_options(args)]
+        given = [f"--{name.replace('_', '-')}" for name in given_refine_options(args)]
         if args.set:
             given.append("--set")
         if given:

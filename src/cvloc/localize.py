@@ -20,8 +20,10 @@ unreadable image files :class:`cvloc.data.images.SampleError` naming the file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -106,16 +108,23 @@ class Localizer:
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, device: str | torch.device = "cpu"
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        refinement: Mapping[str, Any] | None = None,
     ) -> Localizer:
         """Load shipped weights by name, or a ``.safetensors`` / ``.pt`` file.
 
-        The model runs as the weights' test-time settings say: with
-        ``eval.refine_passes`` > 1 inside :class:`cvloc.models.refinement.PriorRefinement`.
+        The model runs as the weights' test-time settings say
+        (:func:`cvloc.models.refinement.refined`: refinement passes, classical refinement),
+        unless ``refinement`` replaces some of them.
 
         Args:
             name_or_path: see :func:`cvloc.checkpoint.resolve_checkpoint`.
             device: where the model runs.
+            refinement: :data:`cvloc.models.refinement.REFINE_FIELDS` values to use instead
+                of the weights' (e.g. ``{"classical_refine": False}``: the network alone).
+                The uncertainty scales stay those calibrated for the weights' own settings.
 
         Returns:
             The localizer, with the working sizes and defaults of its training data.
@@ -123,13 +132,18 @@ class Localizer:
         Raises:
             FileNotFoundError: no such file or weights name.
             CheckpointError: the file is corrupt or its training data are unknown.
+            ValueError: ``refinement`` names another field or holds an invalid value.
         """
         from cvloc.checkpoint import load_model
-        from cvloc.models.refinement import refined
+        from cvloc.models.refinement import REFINE_FIELDS, refined
 
+        unknown = sorted(set(refinement or {}) - set(REFINE_FIELDS))
+        if unknown:
+            raise ValueError(f"refinement: unknown fields {unknown}; one of {REFINE_FIELDS}")
         model, cfg = load_model(name_or_path, device)
+        settings = dataclasses.replace(cfg.eval, **dict(refinement or {}))
         return cls(
-            refined(model, cfg.eval),
+            refined(model, settings),
             str(name_or_path),
             **checkpoint_training_settings(name_or_path, cfg),
             covariance_scale=cfg.eval.covariance_scale,

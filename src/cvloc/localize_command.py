@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cvloc.cli import UsageError
+from cvloc.eval_command import add_refine_arguments, given_refine_options
 
 EXIT_ROWS_FAILED = 1
 METHODS = ("classical", "prior")
@@ -83,6 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--no-visualization", action="store_true", help="skip the figures")
+    add_refine_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -140,7 +142,11 @@ def _localizer(args: argparse.Namespace) -> Any:
     from cvloc.checkpoint import CheckpointError
     from cvloc.localize import Localizer
 
+    refinement = {name: getattr(args, name) for name in given_refine_options(args)}
     if args.method is not None:
+        if refinement:
+            option = "--" + next(iter(refinement)).replace("_", "-")
+            raise UsageError(f"{option} applies to a --checkpoint")
         return Localizer.classical() if args.method == "classical" else Localizer.prior_baseline()
     try:
         device = torch.device(args.device)
@@ -149,9 +155,11 @@ def _localizer(args: argparse.Namespace) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device!r}: CUDA is not available on this machine")
     try:
-        return Localizer.from_pretrained(args.checkpoint, device)
+        return Localizer.from_pretrained(args.checkpoint, device, refinement)
     except (FileNotFoundError, CheckpointError) as exc:
         raise UsageError(f"--checkpoint: {exc}") from exc
+    except ValueError as exc:  # an out-of-range refinement option
+        raise UsageError(str(exc).replace("eval.", "--").replace("_", "-")) from exc
 
 
 def _option(name: str) -> str:
