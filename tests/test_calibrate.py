@@ -262,7 +262,13 @@ def test_calibrate_records_the_classical_refinement(weights, pairs, tmp_path, ca
     evaluated = tmp_path / "m.json"
     eval_args = ["eval", "--checkpoint", str(out), "--data", str(pairs / "val")]
     assert main([*eval_args, "--json", str(evaluated)]) == 0
-    assert json.loads(evaluated.read_text())["method"] == "denseflow + classical refinement"
+    report = json.loads(evaluated.read_text())
+    assert report["method"] == "denseflow + classical refinement"
+    assert report["refinement"]["classical_refine"] is True
+    assert (report["refinement"]["classical_shift_m"], report["refinement"]["refine_passes"]) == (
+        1.5,
+        1,
+    )
     assert main([*eval_args, "--no-classical-refine", "--json", str(evaluated)]) == 0
     assert json.loads(evaluated.read_text())["method"] == "denseflow"
     capsys.readouterr()

@@ -172,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     device = _device(args.device)
     torch.manual_seed(0)  # evaluation is deterministic; this pins any stray randomness
-    model, method, defaults = _model(args, device)
+    model, method, defaults, refinement = _model(args, device)
     dataset, source = _dataset(args, defaults)
     if args.limit is not None and args.limit < len(dataset):
         dataset = torch.utils.data.Subset(dataset, range(args.limit))
@@ -187,6 +187,8 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
     )
     result["data"] = source
+    if refinement is not None:
+        result["refinement"] = refinement
     if args.set:
         result["config_overrides"] = list(args.set)
     print(format_metrics_table({method: result}, title=f"{method} on {source}"))
@@ -213,8 +215,14 @@ def _device(name: str) -> Any:
     return device
 
 
-def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, Any]]:
-    """(model, method name, synthetic defaults taken from the checkpoint's config)."""
+def _model(
+    args: argparse.Namespace, device: Any
+) -> tuple[Any, str, dict[str, Any], dict[str, Any] | None]:
+    """(model, method name, synthetic defaults of the checkpoint's config, its refinement).
+
+    The refinement is the :data:`cvloc.models.refinement.REFINE_FIELDS` it runs with (None
+    for a baseline).
+    """
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
@@ -225,9 +233,9 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
             raise UsageError(f"{given[0]} applies to a --checkpoint")
 
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
-        return model, args.method, dict(SYNTHETIC_DEFAULTS)
+        return model, args.method, dict(SYNTHETIC_DEFAULTS), None
     from cvloc.checkpoint import CheckpointError, load_model
-    from cvloc.models.refinement import refined
+    from cvloc.models.refinement import REFINE_FIELDS, refined
 
     try:
         model, cfg = load_model(args.checkpoint, device, args.set)
@@ -242,7 +250,8 @@ def _model(args: argparse.Namespace, device: Any) -> tuple[Any, str, dict[str, A
     if settings.classical_refine:
         method = f"{method} + classical refinement"
     defaults = {"preset": cfg.data.preset, "seed": cfg.data.seed}
-    return refined(model, settings), method, defaults
+    refinement = {name: getattr(settings, name) for name in REFINE_FIELDS}
+    return refined(model, settings), method, defaults, refinement
 
 
 def _dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[Any, str]:
