@@ -6,8 +6,9 @@ Reproduce the recorded results (about 6 min on 2 CPU cores)::
 
 CVFM-style precision judges each model's 30 best-scored matches. A model can miss because
 its scores rank wrong matches first, or because it has too few right matches to rank. Each
-checkpoint runs as its weights say (refinement passes included) on ``--num`` synthetic
-``val`` pairs (never the test split), and its matches are judged under three rankings:
+checkpoint runs as its weights say (refinement passes included; the classical refinement,
+which moves the pose and not the matches, left out) on ``--num`` synthetic ``val`` pairs
+(never the test split), and its matches are judged under three rankings:
 
 - ``model``: its own scores (``match_weight``), what every other benchmark reports;
 - ``pose-consistent``: the score times exp(-r^2 / 2 sigma^2), r the match's residual in
@@ -24,6 +25,7 @@ metrics}}) and the Markdown table beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +114,8 @@ def main() -> None:
     rows = []
     for checkpoint in args.checkpoints:
         model, cfg = load_or_exit(checkpoint)
-        localizer = refined(model, cfg.eval)
+        # The classical refinement moves the pose, never the matches: leave its search out.
+        localizer = refined(model, dataclasses.replace(cfg.eval, classical_refine=False))
         results[checkpoint] = {}
         for ranking in RANKINGS:
             wrapped = Reranked(localizer, ranking, args.sigma_px, args.oracle_min_score)
