@@ -135,18 +135,51 @@ def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:
     """
     import dataclasses
 
-    given = {name: getattr(args, name) for name in given_refine_options(args)}
     try:
-        return dataclasses.replace(eval_config, **given)
+        return dataclasses.replace(eval_config, **given_refinement(args))
     except ValueError as exc:
-        raise UsageError(str(exc).replace("eval.", "--").replace("_", "-")) from exc
+        raise refinement_usage_error(exc) from exc
 
 
-def given_refine_options(args: argparse.Namespace) -> list[str]:
-    """The refinement fields (:data:`REFINE_FIELDS`) set on the command line (as dests)."""
+def given_refinement(args: argparse.Namespace) -> dict[str, Any]:
+    """The refinement fields (:data:`REFINE_FIELDS`) set on the command line, with their values.
+
+    Args:
+        args: options of :func:`add_refine_arguments` (their dests are the field names).
+
+    Returns:
+        Field name -> value, in :data:`REFINE_FIELDS` order.
+    """
     from cvloc.models.refinement import REFINE_FIELDS
 
-    return [name for name in REFINE_FIELDS if getattr(args, name) is not None]
+    return {name: getattr(args, name) for name in REFINE_FIELDS if getattr(args, name) is not None}
+
+
+def refinement_usage_error(exc: ValueError) -> UsageError:
+    """An invalid refinement field (:class:`cvloc.config.EvalConfig`) as its option's error.
+
+    Args:
+        exc: the error naming ``eval.FIELD``.
+
+    Returns:
+        The error naming ``--FIELD`` instead.
+    """
+    return UsageError(str(exc).replace("eval.", "--").replace("_", "-"))
+
+
+def refuse_refinement_options(args: argparse.Namespace, also: tuple[str, ...] = ()) -> None:
+    """Refuse the refinement options (and ``also``) for a method without a checkpoint.
+
+    Args:
+        args: options of :func:`add_refine_arguments`.
+        also: other options given that need a checkpoint, e.g. ``("--set",)``.
+
+    Raises:
+        UsageError: naming the first such option.
+    """
+    given = [f"--{name.replace('_', '-')}" for name in given_refinement(args)] + list(also)
+    if given:
+        raise UsageError(f"{given[0]} applies to a --checkpoint")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -226,12 +259,7 @@ def _model(
     if args.method is not None:
         from cvloc.models.baselines import ClassicalBaseline, PriorBaseline
 
-        given = [f"--{name.replace('_', '-')}" for name in given_refine_options(args)]
-        if args.set:
-            given.append("--set")
-        if given:
-            raise UsageError(f"{given[0]} applies to a --checkpoint")
-
+        refuse_refinement_options(args, ("--set",) if args.set else ())
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS), None
     from cvloc.checkpoint import CheckpointError, load_model

@@ -27,7 +27,12 @@ from pathlib import Path
 from typing import Any
 
 from cvloc.cli import UsageError
-from cvloc.eval_command import add_refine_arguments, given_refine_options
+from cvloc.eval_command import (
+    add_refine_arguments,
+    given_refinement,
+    refinement_usage_error,
+    refuse_refinement_options,
+)
 
 EXIT_ROWS_FAILED = 1
 METHODS = ("classical", "prior")
@@ -142,11 +147,8 @@ def _localizer(args: argparse.Namespace) -> Any:
     from cvloc.checkpoint import CheckpointError
     from cvloc.localize import Localizer
 
-    refinement = {name: getattr(args, name) for name in given_refine_options(args)}
     if args.method is not None:
-        if refinement:
-            option = "--" + next(iter(refinement)).replace("_", "-")
-            raise UsageError(f"{option} applies to a --checkpoint")
+        refuse_refinement_options(args)
         return Localizer.classical() if args.method == "classical" else Localizer.prior_baseline()
     try:
         device = torch.device(args.device)
@@ -155,11 +157,11 @@ def _localizer(args: argparse.Namespace) -> Any:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {args.device!r}: CUDA is not available on this machine")
     try:
-        return Localizer.from_pretrained(args.checkpoint, device, refinement)
+        return Localizer.from_pretrained(args.checkpoint, device, given_refinement(args))
     except (FileNotFoundError, CheckpointError) as exc:
         raise UsageError(f"--checkpoint: {exc}") from exc
     except ValueError as exc:  # an out-of-range refinement option
-        raise UsageError(str(exc).replace("eval.", "--").replace("_", "-")) from exc
+        raise refinement_usage_error(exc) from exc
 
 
 def _option(name: str) -> str:
