@@ -23,8 +23,10 @@ correspondences are scored the same way (with the classical refinement they stay
 learned method's own).
 
 Writes ``benchmarks/results/method_comparison.json`` ({"settings", PRESET: {AREA: {method:
-metrics JSON}}}) and the Markdown tables beside it (``.md``). With ``--merge`` the methods
-not run now keep their entries (and settings) from the existing file.
+metrics JSON}}}) and the Markdown tables beside it (``.md``); each row records the
+``threads``, ``batch`` and ``workers`` it ran with (``run``), the ``settings`` those of the
+latest invocation. With ``--merge`` the methods not run now keep their entries from the
+existing file.
 """
 
 from __future__ import annotations
@@ -169,7 +171,9 @@ def main() -> None:
                 missing.discard(f"{name}:{preset}")
                 if checkpoint is not None:
                     settings["checkpoints"][f"{name}:{preset}"] = checkpoint
-                entry[name] = run_method(name, pairs, checkpoint, args)
+                # Per row: with --merge, rows run at different settings share one file.
+                run = {"threads": args.threads, "batch": args.batch, "workers": args.workers}
+                entry[name] = {**run_method(name, pairs, checkpoint, args), "run": run}
                 print(f"{preset} {area} {name}: {entry[name]['seconds_per_pair']:.3f} s per pair")
     settings["missing"] = sorted(missing)
     for preset in PRESETS:

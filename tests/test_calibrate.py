@@ -15,6 +15,8 @@ from cvloc.calibrate import (
     CHI2_1DOF_MEDIAN,
     CHI2_2DOF_95,
     CHI2_2DOF_MEDIAN,
+    chi2_1dof_quantile,
+    chi2_2dof_quantile,
     Calibration,
     fit_calibration,
     normalized_errors,
@@ -41,6 +43,30 @@ def test_chi_square_constants_match_their_distributions():
     assert 1.0 - math.exp(-CHI2_2DOF_95 / 2.0) == pytest.approx(0.95, abs=1e-12)
     assert math.erf(math.sqrt(CHI2_1DOF_MEDIAN / 2.0)) == pytest.approx(0.5, abs=1e-9)
     assert math.erf(math.sqrt(CHI2_1DOF_95 / 2.0)) == pytest.approx(0.95, abs=1e-9)
+
+
+@pytest.mark.parametrize("q", [0.01, 0.25, 0.5, 0.9, 0.99])
+def test_chi_square_quantiles_invert_their_distributions(q):
+    assert 1.0 - math.exp(-chi2_2dof_quantile(q) / 2.0) == pytest.approx(q, abs=1e-12)
+    assert math.erf(math.sqrt(chi2_1dof_quantile(q) / 2.0)) == pytest.approx(q, abs=1e-9)
+
+
+def test_fit_at_a_quantile_holds_that_share_of_heavy_tailed_errors():
+    # 80 % of the pairs as reported, 20 % twenty times (sigma) worse: a median fit leaves the
+    # 95 % ellipse far too small; a 0.95 fit makes it hold 95 % of the pairs.
+    rng = np.random.default_rng(2)
+    d2 = np.r_[rng.chisquare(2, 8000), 400.0 * rng.chisquare(2, 2000)]
+    z2 = np.r_[rng.chisquare(1, 8000), 400.0 * rng.chisquare(1, 2000)]
+    median = fit_calibration(d2, z2)
+    assert median.quantile == 0.5 and median.position_coverage95 < 0.85
+    cal = fit_calibration(d2, z2, quantile=0.95)
+    assert cal.quantile == 0.95
+    assert cal.position_coverage95 == pytest.approx(0.95, abs=0.002)
+    assert cal.yaw_coverage95 == pytest.approx(0.95, abs=0.002)
+    assert cal.covariance_scale == pytest.approx(np.quantile(d2, 0.95) / CHI2_2DOF_95)
+    for bad in (0.0, 1.0, float("nan")):
+        with pytest.raises(ValueError, match="quantile"):
+            fit_calibration(d2, z2, quantile=bad)
 
 
 def test_fit_recovers_a_known_underestimate():
@@ -182,6 +208,12 @@ def test_calibrate_command_writes_weights(weights, pairs, tmp_path, capsys):
     assert meta["calibration"]["num_pairs"] + meta["calibration"]["num_without_covariance"] == 2
     assert meta["config"]["eval"]["covariance_scale"] == meta["calibration"]["covariance_scale"]
     assert "wrote" in capsys.readouterr().out
+    at95 = tmp_path / "cmd95.safetensors"
+    assert main([*args, "--out", str(at95), "--quantile", "0.95"]) == 0
+    assert weights_metadata(at95)["calibration"]["quantile"] == 0.95
+    assert main([*args, "--out", str(tmp_path / "bad.safetensors"), "--quantile", "1"]) == 2
+    assert "--quantile must be in (0, 1)" in capsys.readouterr().err
+    assert not (tmp_path / "bad.safetensors").exists()
 
 
 def test_calibrate_command_fits_and_writes_config_overrides(weights, pairs, tmp_path):

@@ -13,7 +13,8 @@ are fitted where checkpoints are chosen, never where they are scored
 (:mod:`cvloc.calibrate`). The model runs as its weights' ``eval.refine_*`` settings say,
 or as ``--refine-passes`` / ``--refine-shift-m`` / ``--refine-yaw-deg`` say; those are then
 recorded in the written weights with the scales, which hold for that procedure only; so
-are the ``--set`` overrides of the model's config.
+are the ``--set`` overrides of the model's config. The scales fit the median normalised
+error, or the ``--quantile`` given (0.95: the 95 % ellipse holds 95 % of the pairs).
 User errors print one line and exit with status 2.
 """
 
@@ -65,6 +66,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="world seed (default: the model's training seed)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per forward pass")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=0.5,
+        metavar="Q",
+        help="fit the ellipse of probability Q to hold a share Q of the pairs (default 0.5, "
+        "the median; 0.95: honest 95 %% ellipses for heavy-tailed errors)",
+    )
     add_refine_arguments(parser)
 
 
@@ -88,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0.0 < args.quantile < 1.0:
+        raise UsageError(f"--quantile must be in (0, 1), got {args.quantile}")
     if not args.out.endswith(".safetensors"):
         raise UsageError(f"--out {args.out}: must be a .safetensors file")
     try:
@@ -105,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty(),
     )  # fmt: skip
     try:
-        calibration = fit_calibration(d2, z2, missing)
+        calibration = fit_calibration(d2, z2, missing, args.quantile)
     except ValueError as exc:
         raise UsageError(f"{source}: {exc}") from exc
     # Recorded only where the input records none (write_calibrated_weights).
