@@ -5,7 +5,9 @@ Reproduce the recorded choice (about 15 min on 2 CPU cores)::
     python benchmarks/classical_window.py --checkpoint denseflow-synth-kitti-small --val-num 200
 
 The checkpoint runs on ``--val-num`` synthetic ``val`` pairs (same area; never the test
-split) as its weights' test-time settings say, once without the classical refinement and
+split; with the heading noise the model trained with, as ``cvloc calibrate`` draws them,
+e.g. +-10 deg for ``denseflow-synth-vigor-small`` on the known-heading ``vigor-small``
+preset) as its weights' test-time settings say, once without the classical refinement and
 once per ``--settings`` window ``SHIFT_M,YAW_DEG`` (half-ranges around the localizer's
 estimate). The window of lowest median location error wins; a tie goes to the window listed
 first (the smaller search). ``cvloc calibrate --classical-refine --classical-shift-m ...
@@ -24,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
 from common import DATA_DIR, RESULTS, load_or_exit, run_settings, synthetic_split, write_results
+from cvloc.data.synthetic.dataset import SyntheticDataset
+from cvloc.data.synthetic.presets import get_preset
 from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
 from cvloc.models.refinement import refined
@@ -54,6 +59,28 @@ def parse_window(text: str) -> tuple[float, float]:
     return shift, yaw
 
 
+def val_pairs(args: argparse.Namespace, yaw_range_deg: float | None) -> tuple[Any, str]:
+    """The validation pairs, with the model's training heading noise where it set one.
+
+    Args:
+        args: the options (``preset``, ``val_num``, ``seed``, ``workers``, ``data_dir``).
+        yaw_range_deg: the model's ``data.yaw_range_deg`` (None: the preset's prior).
+
+    Returns:
+        The pairs (the preset's: written once under ``--data-dir``; another prior's:
+        generated here, held in memory) and a description of their heading noise.
+    """
+    preset = get_preset(args.preset)
+    if yaw_range_deg is None or yaw_range_deg == preset.prior.yaw_range_deg:
+        pairs = synthetic_split(args.preset, "val", "same", args.val_num, args.seed,
+                                args.workers, args.data_dir)  # fmt: skip
+        return pairs, f"heading noise +-{preset.prior.yaw_range_deg:g} deg"
+    preset = preset.with_prior(yaw_range_deg=yaw_range_deg)
+    generated = SyntheticDataset(preset, "val", "same", args.val_num, args.seed)
+    items = [generated[i] for i in tqdm(range(len(generated)), desc="pairs", unit="pair")]
+    return items, f"heading noise +-{yaw_range_deg:g} deg (the model's training prior)"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -75,8 +102,7 @@ def main() -> None:
     windows = {text: parse_window(text) for text in args.settings}
     torch.set_num_threads(args.threads)
     model, cfg = load_or_exit(args.checkpoint)
-    val = synthetic_split(args.preset, "val", "same", args.val_num, args.seed, args.workers,
-                          args.data_dir)  # fmt: skip
+    val, heading = val_pairs(args, cfg.data.yaw_range_deg)
     runs = {"without": dataclasses.replace(cfg.eval, classical_refine=False)}
     for text, (shift, yaw) in windows.items():
         runs[f"window {text}"] = dataclasses.replace(
@@ -96,8 +122,8 @@ def main() -> None:
     results["chosen"] = chosen
     print(f"chosen on val: {chosen}")
     title = (
-        f"{args.checkpoint}, {args.preset} val, same area, {args.val_num} pairs: classical "
-        f"refinement windows SHIFT_M,YAW_DEG (chosen: {chosen})"
+        f"{args.checkpoint}, {args.preset} val, same area, {args.val_num} pairs, {heading}: "
+        f"classical refinement windows SHIFT_M,YAW_DEG (chosen: {chosen})"
     )
     write_results(args.out, results, [format_metrics_table(results["val"], title=title)])
 
