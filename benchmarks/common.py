@@ -10,12 +10,15 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this directory firs
 - the data and the model: :func:`synthetic_split`, :func:`load_or_exit`;
 - the scaffolding of the ablation scripts (``denseflow_ablations.py``,
   ``finematch_ablations.py``): :func:`add_ablation_args`, :func:`budget_schedule`,
-  :func:`ablation_overrides`, :func:`markdown_table` and :func:`finish`.
+  :func:`ablation_overrides`, :func:`ablation_settings`, :func:`finished_variants`,
+  :func:`markdown_table`, :func:`save_ablation` and :func:`finish`.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import os
 import platform
@@ -26,6 +29,7 @@ from typing import Any
 import torch
 
 from cvloc.checkpoint import CheckpointError, load_model
+from cvloc.config import config_to_dict, load_config
 from cvloc.data.pairs import PairsDataset
 from cvloc.demo import evaluate_classical, write_synthetic_pairs
 from cvloc.evaluate import evaluate
@@ -229,6 +233,12 @@ def add_ablation_args(
         "--runs-dir", type=Path, default=Path(runs_dir), help="checkpoints per variant"
     )
     parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the variants already in --out (written after each one) when it was made "
+        "with the same budget, data and base config, and run only the others",
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS / out, help="results JSON (and .md beside it)"
     )
 
@@ -281,6 +291,73 @@ def ablation_overrides(args: argparse.Namespace, batch_size: int, out_dir: Path)
     return overrides
 
 
+# The settings that decide an ablation's numbers: --resume keeps results only where they match.
+ABLATION_KEYS = (
+    "config",
+    "config_sha256",
+    "steps",
+    "pairs",
+    "batch_size",
+    "num_val",
+    "num_test",
+    "seed",
+    "init_from",
+    "init_modules",
+)
+
+
+def ablation_settings(args: argparse.Namespace, **extra: Any) -> dict[str, Any]:
+    """:func:`run_settings` with ``config_sha256``, the digest of the resolved base config.
+
+    A preset edited between two runs (a new default) changes the digest, so results of the
+    old preset are never resumed as if they were the new one's.
+
+    Args:
+        args: the options of :func:`add_ablation_args`.
+        **extra: further settings.
+
+    Returns:
+        The settings.
+    """
+    resolved = json.dumps(config_to_dict(load_config(args.config)), sort_keys=True)
+    digest = hashlib.sha256(resolved.encode()).hexdigest()
+    return run_settings(args, config_sha256=digest, **extra)
+
+
+def finished_variants(
+    args: argparse.Namespace, settings: dict[str, Any], keys: tuple[str, ...] = ABLATION_KEYS
+) -> dict[str, dict[str, Any]]:
+    """With ``--resume``, the results already in ``--out``; else none.
+
+    Args:
+        args: the options (``resume``, ``out``).
+        settings: this run's :func:`ablation_settings`.
+        keys: the settings that must match the stored ones.
+
+    Returns:
+        Result name -> results, as stored.
+
+    Raises:
+        SystemExit: ``--out`` is not a results file or was made with other settings.
+    """
+    if not args.resume or not args.out.exists():
+        return {}
+    try:
+        stored = json.loads(args.out.read_text())
+        old, variants = stored["settings"], stored["variants"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise SystemExit(f"--resume: {args.out} is not an ablation results file ({exc})") from exc
+    new = portable(settings)
+    differ = [k for k in keys if old.get(k) != new.get(k)]
+    if differ:
+        raise SystemExit(
+            f"--resume: {args.out} was made with other {', '.join(differ)} "
+            "(drop --resume to start over, or write elsewhere with --out)"
+        )
+    print(f"resuming: {', '.join(variants)} kept from {args.out}")
+    return dict(variants)
+
+
 def markdown_table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
     """A Markdown table: a ``Model`` column of labels, then right-aligned value columns.
 
@@ -296,17 +373,39 @@ def markdown_table(head: list[str], rows: list[tuple[str, list[str]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def finish(
-    args: argparse.Namespace, preset: str, variants: dict[str, dict[str, Any]], text: str
+def save_ablation(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    variants: dict[str, dict[str, Any]],
+    text: str,
 ) -> None:
-    """Print an ablation table and write the results JSON and the table (``.md``) beside it.
+    """Write the results JSON and the table (``.md``) beside it, finished or not.
 
     Args:
         args: the options of :func:`add_ablation_args` (``out``: the JSON).
-        preset: the synthetic preset, for the heading.
+        settings: the run's :func:`ablation_settings`.
         variants: result name -> its results (label, overrides, metrics per area, ...).
+        text: the Markdown table.
+    """
+    write_results(args.out, {"settings": settings, "variants": variants}, [text])
+
+
+def finish(
+    args: argparse.Namespace,
+    preset: str,
+    settings: dict[str, Any],
+    variants: dict[str, dict[str, Any]],
+    text: str,
+) -> None:
+    """Print an ablation table and write it (:func:`save_ablation`).
+
+    Args:
+        args: the options of :func:`add_ablation_args`.
+        preset: the synthetic preset, for the heading.
+        settings: the run's :func:`ablation_settings`.
+        variants: result name -> its results.
         text: the Markdown table.
     """
     print(f"\n**{preset}, {args.steps} steps on {args.pairs} pairs, {args.num_test} test pairs**")
     print(text)
-    write_results(args.out, {"settings": run_settings(args), "variants": variants}, [text])
+    save_ablation(args, settings, variants, text)

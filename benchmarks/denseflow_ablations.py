@@ -30,7 +30,9 @@ RefineBlock) still start from the same pre-trained encoders.
 Checkpoints go to ``--runs-dir/<variant>/``. Prints Table 5 (location and azimuth mean /
 median, same and cross area) and writes ``benchmarks/results/denseflow_ablations.json``
 ({"settings", "variants": {variant: {"label", "overrides", "steps", "same", "cross"}}}) and
-``.md``.
+``.md``. Both are rewritten after every variant; ``--resume`` keeps the variants already there
+(when the budget, data and resolved base config match) and runs only the others, so a run
+cut short goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -43,10 +45,13 @@ from common import (
     AREAS,
     DATA_DIR,
     ablation_overrides,
+    ablation_settings,
     add_ablation_args,
     budget_schedule,
     finish,
+    finished_variants,
     markdown_table,
+    save_ablation,
     synthetic_split,
 )
 from cvloc.config import load_config
@@ -155,8 +160,13 @@ def main() -> None:
 
     roots = (split("train", "same", args.pairs).root, split("val", "same", args.num_val).root)
     tests = {area: split("test", area, args.num_test) for area in AREAS}
-    variants = {name: run_variant(args, name, roots, tests) for name in args.variants}
-    finish(args, preset, variants, table(variants))
+    settings = ablation_settings(args)
+    variants = finished_variants(args, settings)
+    for name in args.variants:
+        if name not in variants:
+            variants[name] = run_variant(args, name, roots, tests)
+            save_ablation(args, settings, variants, table(variants))
+    finish(args, preset, settings, variants, table(variants))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,9 @@ Prints a table (location and yaw mean / median, CVFM match precision at 5 / 10 /
 per area) and writes ``benchmarks/results/finematch_ablations.json`` ({"settings",
 "variants": {variant: {"label", "overrides", "steps", "train_seconds", area: metrics
 JSON}}}) and the table as ``.md`` beside it. Checkpoints go to ``--runs-dir/<variant>/``.
+Both are rewritten after every variant; ``--resume`` keeps the variants already there (when
+the budget, data and resolved base config match) and runs only the others, so a run cut
+short goes on where it stopped.
 """
 
 from __future__ import annotations
@@ -43,7 +46,17 @@ from typing import Any
 
 import torch
 
-from common import AREAS, ablation_overrides, add_ablation_args, finish, markdown_table
+from common import (
+    ABLATION_KEYS,
+    AREAS,
+    ablation_overrides,
+    ablation_settings,
+    add_ablation_args,
+    finish,
+    finished_variants,
+    markdown_table,
+    save_ablation,
+)
 from cvloc.config import load_config
 from cvloc.data.synthetic.dataset import SyntheticDataset
 from cvloc.evaluate import evaluate
@@ -160,10 +173,13 @@ def main() -> None:
     for area in args.areas:
         dataset = SyntheticDataset(preset, "test", area, args.num_test, seed=args.seed)
         tests[area] = [dataset[i] for i in range(len(dataset))]  # once, for every variant
-    variants: dict[str, dict[str, Any]] = {}
+    settings = ablation_settings(args)
+    variants = finished_variants(args, settings, (*ABLATION_KEYS, "areas"))
     for name in args.variants:
-        variants.update(run_variant(args, name, tests))
-    finish(args, preset, variants, table(variants, tuple(args.areas)))
+        if name not in variants:
+            variants.update(run_variant(args, name, tests))
+            save_ablation(args, settings, variants, table(variants, tuple(args.areas)))
+    finish(args, preset, settings, variants, table(variants, tuple(args.areas)))
 
 
 if __name__ == "__main__":
