@@ -8,7 +8,11 @@ from hypothesis import strategies as st
 
 from cvloc.geometry.checks import ShapeError
 from cvloc.geometry.pose import compose_pose_with_rigid_2d, rotation_2d, yaw_to_forward_xy
-from cvloc.geometry.procrustes import rotation_angle_2d, weighted_procrustes_2d
+from cvloc.geometry.procrustes import (
+    robust_procrustes_2d,
+    rotation_angle_2d,
+    weighted_procrustes_2d,
+)
 
 DTYPES = [torch.float32, torch.float64]  # for hypothesis; plain tests use the `dtype` fixture
 TOL = {torch.float32: 1e-4, torch.float64: 1e-10}
@@ -415,3 +419,87 @@ def test_fixed_rotation_gradients():
     )
     with pytest.raises(ShapeError):
         weighted_procrustes_2d(src, dst, w, torch.tensor([True, False]))
+
+
+def outlier_problem(dtype: torch.dtype, share: float = 0.3) -> tuple[torch.Tensor, ...]:
+    """60 matches of a known motion, a share of them replaced by matches 5-25 units off.
+
+    Drawn in float64 (the same problem for every dtype), returned in ``dtype``.
+    """
+    out_dtype, dtype = dtype, torch.float64
+    g = torch.Generator().manual_seed(11)
+    src = torch.randn(2, 60, 2, generator=g, dtype=dtype) * 15
+    R_true = rotation_2d(torch.tensor([0.2, -0.4], dtype=dtype))
+    t_true = torch.tensor([[3.0, -2.0], [-1.0, 4.0]], dtype=dtype)
+    dst = src @ R_true.transpose(1, 2) + t_true[:, None]
+    noise = torch.randn(2, 60, 2, generator=g, dtype=dtype) * 0.05
+    bad = torch.rand(2, 60, generator=g) < share
+    direction = torch.nn.functional.normalize(
+        torch.randn(2, 60, 2, generator=g, dtype=dtype), dim=-1
+    )
+    off = direction * (5 + 20 * torch.rand(2, 60, 1, generator=g, dtype=dtype))
+    dst = dst + noise + torch.where(bad[..., None], off, 0.0)
+    out = (src, dst, torch.ones(2, 60, dtype=dtype), R_true, t_true)
+    return tuple(x.to(out_dtype) for x in out)
+
+
+def test_robust_fit_without_iterations_is_the_weighted_fit(dtype):
+    src, dst, w, _, _ = outlier_problem(dtype)
+    robust = robust_procrustes_2d(src, dst, w, 1.0, 0)
+    for got, want in zip(robust, weighted_procrustes_2d(src, dst, w), strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_robust_fit_recovers_the_motion_that_outliers_bend(dtype):
+    src, dst, w, R_true, t_true = outlier_problem(dtype)
+    _, t0 = weighted_procrustes_2d(src, dst, w)
+    R, t = robust_procrustes_2d(src, dst, w, 1.0, 5)
+    err0 = (t0 - t_true).norm(dim=-1)
+    err = (t - t_true).norm(dim=-1)
+    assert (err0 > 0.3).all() and (err < 0.05).all()  # the outliers bend the plain fit
+    angle_err = (rotation_angle_2d(R) - rotation_angle_2d(R_true)).abs()
+    assert (angle_err < 2e-3).all()
+    # An independent reference: Kabsch on the true inliers alone.
+    residual = (dst - (src @ R_true.transpose(1, 2) + t_true[:, None])).norm(dim=-1)
+    inlier = (residual < 1.0).double().numpy()
+    for b in range(2):
+        R_ref, t_ref = kabsch_svd_2d(src[b].double().numpy(), dst[b].double().numpy(), inlier[b])
+        np.testing.assert_allclose(R[b].double().numpy(), R_ref, atol=2e-3)
+        np.testing.assert_allclose(t[b].double().numpy(), t_ref, atol=0.05)
+
+
+def test_robust_fit_keeps_exact_data_and_a_fixed_rotation(dtype):
+    src, dst, w, R_true, t_true = outlier_problem(dtype, share=0.0)
+    dst = src @ R_true.transpose(1, 2) + t_true[:, None]  # noise-free
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
+    R, t = robust_procrustes_2d(src, dst, w, 0.5, 3)
+    torch.testing.assert_close(R, R_true, **tol)
+    torch.testing.assert_close(t, t_true, **tol)
+    fixed = torch.tensor([True, False])
+    R_fixed, _ = robust_procrustes_2d(src, dst, w, 0.5, 3, fixed)
+    torch.testing.assert_close(R_fixed[0], torch.eye(2, dtype=dtype))
+
+
+def test_robust_fit_without_consensus_keeps_its_weights():
+    # A kernel far narrower than every residual would zero all weights: the sample keeps
+    # the plain fit's weights (and so its result) instead of losing all evidence.
+    src, dst, w, _, _ = outlier_problem(torch.float64, share=0.0)
+    dst = dst + torch.randn(dst.shape, generator=torch.Generator().manual_seed(3), dtype=dst.dtype)
+    plain = weighted_procrustes_2d(src, dst, w)
+    for got, want in zip(robust_procrustes_2d(src, dst, w, 1e-9, 3), plain, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_robust_fit_gradients_and_bad_settings():
+    g = torch.Generator().manual_seed(5)
+    src = torch.randn(1, 8, 2, generator=g, dtype=torch.float64, requires_grad=True)
+    dst = (
+        src.detach() + 0.3 * torch.randn(1, 8, 2, generator=g, dtype=torch.float64)
+    ).requires_grad_()
+    w = torch.rand(1, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda s, d, ww: robust_procrustes_2d(s, d, ww, 0.5, 2)[1], (src, dst, w)
+    )
+    for sigma, iters in ((0.0, 1), (1.0, -1)):
+        with pytest.raises(ValueError, match="sigma"):
+            robust_procrustes_2d(src, dst, w, sigma, iters)

@@ -228,6 +228,20 @@ class TestPoseFromMatches:
         again = pose_from_matches(src, dst, weight, *geo, config=ransac)
         assert torch.equal(again[2], uv_r)
 
+    def test_robust_refits_reject_outliers_without_ransac(self):
+        src, dst, geo, (gt_uv, gt_yaw) = rigid_matches(N=80)
+        dst = dst.clone()
+        # Wrong matches 4-12 px (1.6-4.7 m) off, as FineMatch's near-misses.
+        g = torch.Generator().manual_seed(4)
+        direction = torch.nn.functional.normalize(torch.randn(2, 24, 2, generator=g), dim=-1)
+        dst[:, :24] += direction * (4 + 8 * torch.rand(2, 24, 1, generator=g))
+        weight = torch.ones(2, 80)
+        robust = MatchingConfig(robust_iters=4, robust_sigma_m=0.5)
+        _, yaw_r, uv_r = pose_from_matches(src, dst, weight, *geo, config=robust)
+        uv_p = pose_from_matches(src, dst, weight, *geo)[2]
+        assert torch.allclose(uv_r, gt_uv, atol=2e-2) and torch.allclose(yaw_r, gt_yaw, atol=2e-2)
+        assert (uv_p - gt_uv).norm(dim=-1).max() > 0.2
+
     def test_gradient_reaches_matches_and_weights(self):
         src, dst, geo, _ = rigid_matches()
         dst = (dst + 0.5 * torch.randn_like(dst)).requires_grad_()
@@ -243,3 +257,7 @@ def test_config_validation():
         MatchingConfig(solver="magsac")
     with pytest.raises(ValueError):
         MatchingConfig(temperature=0.0)
+    with pytest.raises(ValueError, match="robust"):
+        MatchingConfig(robust_iters=-1)
+    with pytest.raises(ValueError, match="robust"):
+        MatchingConfig(robust_sigma_m=0.0)

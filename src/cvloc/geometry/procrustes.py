@@ -132,6 +132,67 @@ def weighted_procrustes_2d(
     return R, t
 
 
+# A re-weighting that keeps less than this share of the original weight (every match far
+# from the previous fit) has found no consensus: the sample keeps its previous weights.
+_MIN_KEPT_WEIGHT = 1e-6
+
+
+def robust_procrustes_2d(
+    src_xy: torch.Tensor,
+    dst_xy: torch.Tensor,
+    weights: torch.Tensor,
+    sigma: float,
+    iters: int,
+    fixed_rotation: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted rigid fit robust to outliers: a Welsch M-estimator by reweighted least squares.
+
+    Starts from :func:`weighted_procrustes_2d` and re-fits ``iters`` times with the weights
+    w_i exp(-r_i^2 / (2 sigma^2)), r_i = |R src_i + t - dst_i| the residual to the previous
+    fit: matches far from the consensus fade out, with no sampling and no threshold (a
+    RANSAC-free, differentiable alternative to RANSAC's inlier refit). A sample whose
+    re-weighting keeps less than 1e-6 of its weight (no match near the fit) keeps its
+    previous weights, so it is never left without evidence. ``iters = 0`` is the weighted
+    fit itself; exact data is a fixed point (zero residuals change no weight).
+
+    Convention: as :func:`weighted_procrustes_2d` (dst ~ R src + t); ``sigma`` in the unit
+    of the points.
+
+    Args:
+        src_xy: (B, N, 2) source points.
+        dst_xy: (B, N, 2) matched destination points.
+        weights: (B, N) non-negative confidences.
+        sigma: residual scale of the kernel, > 0.
+        iters: re-weighted fits after the first, >= 0.
+        fixed_rotation: optional (B,) bool: where True only the translation is fitted.
+
+    Returns:
+        R: (B, 2, 2) and t: (B, 2), as :func:`weighted_procrustes_2d`.
+
+    Raises:
+        ValueError: ``sigma`` <= 0 or ``iters`` < 0.
+        ShapeError, TypeError: as :func:`weighted_procrustes_2d`.
+    """
+    if not sigma > 0 or iters < 0:
+        raise ValueError(f"expected sigma > 0 and iters >= 0, got {sigma}, {iters}")
+    R, t = weighted_procrustes_2d(src_xy, dst_xy, weights, fixed_rotation)
+    if iters == 0:
+        return R, t
+    dtype = R.dtype
+    src, dst = src_xy.to(dtype), dst_xy.to(dtype)
+    base = torch.nan_to_num(weights.to(dtype)).clamp_min(0.0)
+    total = base.sum(-1, keepdim=True)
+    w = base
+    for _ in range(iters):
+        moved = (R[:, None] * src[:, :, None, :]).sum(-1) + t[:, None]  # R src + t, B,N,2
+        r2 = torch.nan_to_num((moved - dst).square().sum(-1), nan=torch.inf)
+        new = base * torch.exp(-r2 / (2.0 * sigma**2))
+        kept = new.sum(-1, keepdim=True) >= _MIN_KEPT_WEIGHT * total
+        w = torch.where(kept, new, w)
+        R, t = weighted_procrustes_2d(src, dst, w, fixed_rotation)
+    return R, t
+
+
 def rotation_angle_2d(R: torch.Tensor) -> torch.Tensor:
     """Angle of 2-D rotation matrices.
 

@@ -28,7 +28,11 @@ paper is silent:
   would average far-apart modes into a location that matches nothing.
 - **Pose.** :func:`cvloc.geometry.procrustes.weighted_procrustes_2d` on the metric match
   pairs (float32, autocast off), composed with the prior pose exactly as the DenseFlow
-  pose head does. RANSAC (:func:`ransac_rigid_2d`) exists for comparisons only.
+  pose head does. ``robust_iters`` > 0 re-fits with the matches far from the fit faded
+  out (:func:`cvloc.geometry.procrustes.robust_procrustes_2d`, a Welsch M-estimator:
+  still no sampling, no threshold, differentiable); off by default, the shipped weights
+  record what validation chose. RANSAC (:func:`ransac_rigid_2d`) exists for comparisons
+  only.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.checks import check_shape
 from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
 from cvloc.geometry.pose import apply_rigid_2d, compose_pose_with_rigid_2d
-from cvloc.geometry.procrustes import weighted_procrustes_2d
+from cvloc.geometry.procrustes import robust_procrustes_2d, weighted_procrustes_2d
 from cvloc.models.encoders import make_norm
 from cvloc.models.simstats import similarity_stats, stats_mlp
 
@@ -69,6 +73,9 @@ class MatchingConfig:
         ransac_iters: RANSAC hypotheses (2 matches each).
         ransac_threshold_m: inlier distance, metres.
         ransac_seed: seed of RANSAC's sampling (deterministic results).
+        robust_iters: re-weighted Procrustes fits after the first (0: the plain weighted
+            fit; :func:`cvloc.geometry.procrustes.robust_procrustes_2d`).
+        robust_sigma_m: the residual scale of their Gaussian kernel, metres.
     """
 
     temperature: float = 0.1
@@ -80,6 +87,8 @@ class MatchingConfig:
     ransac_iters: int = 256
     ransac_threshold_m: float = 2.0
     ransac_seed: int = 0
+    robust_iters: int = 0
+    robust_sigma_m: float = 6.0
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -88,6 +97,8 @@ class MatchingConfig:
             raise ValueError(f"temperature and ransac_threshold_m must be positive, got {self}")
         if min(self.dustbin_hidden, self.ransac_iters) < 1 or self.window_radius < 0:
             raise ValueError(f"widths and iterations must be positive, got {self}")
+        if self.robust_iters < 0 or not self.robust_sigma_m > 0:
+            raise ValueError(f"robust_iters must be >= 0 and robust_sigma_m > 0, got {self}")
 
 
 class DescriptorHead(nn.Module):
@@ -341,7 +352,10 @@ def pose_from_matches(
         if cfg.solver == "ransac":
             R, t = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg, known_heading)
         else:
-            R, t = weighted_procrustes_2d(src_xy, dst_xy, weight.float(), known_heading)
+            R, t = robust_procrustes_2d(
+                src_xy, dst_xy, weight.float(), cfg.robust_sigma_m, cfg.robust_iters,
+                known_heading,
+            )  # fmt: skip
         prior_xy = pixel_to_world_xy(camera_uv_prior.float(), center, m)
         camera_xy, yaw_deg = compose_pose_with_rigid_2d(R, t, prior_xy, yaw_deg_prior.float())
         camera_uv = world_xy_to_pixel(camera_xy, center, m)
