@@ -28,10 +28,18 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from common import DATA_DIR, RESULTS, load_or_exit, run_settings, synthetic_split, write_results
+from common import (
+    DATA_DIR,
+    RESULTS,
+    evaluate_candidates,
+    load_or_exit,
+    lowest_median,
+    run_settings,
+    synthetic_split,
+    write_results,
+)
 from cvloc.data.synthetic.dataset import SyntheticDataset
 from cvloc.data.synthetic.presets import get_preset
-from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
 from cvloc.models.refinement import refined
 
@@ -108,17 +116,13 @@ def main() -> None:
         runs[f"window {text}"] = dataclasses.replace(
             cfg.eval, classical_refine=True, classical_shift_m=shift, classical_yaw_deg=yaw
         )
-    results: dict[str, Any] = {"settings": run_settings(args), "val": {}}
-    for name, settings in runs.items():
-        metrics = evaluate(refined(model, settings), val, progress=False, method=name)
-        results["val"][name] = metrics
-        print(
-            f"val {name}: median {metrics['location_median_m']:.3f} m, "
-            f"yaw {metrics['yaw_median_deg']:.3f} deg, "
-            f"{metrics['seconds_per_pair']:.2f} s per pair",
-            flush=True,
-        )
-    chosen = min(windows, key=lambda t: results["val"][f"window {t}"]["location_median_m"])
+    results: dict[str, Any] = {"settings": run_settings(args)}
+    results["val"] = evaluate_candidates(
+        {name: refined(model, settings) for name, settings in runs.items()}, val
+    )
+    chosen = lowest_median(results["val"], [f"window {t}" for t in windows]).removeprefix(
+        "window "
+    )
     results["chosen"] = chosen
     print(f"chosen on val: {chosen}")
     title = (

@@ -11,7 +11,9 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this directory firs
 - the scaffolding of the ablation scripts (``denseflow_ablations.py``,
   ``finematch_ablations.py``): :func:`add_ablation_args`, :func:`budget_schedule`,
   :func:`ablation_overrides`, :func:`ablation_settings`, :func:`finished_variants`,
-  :func:`markdown_table`, :func:`save_ablation` and :func:`finish`.
+  :func:`markdown_table`, :func:`save_ablation` and :func:`finish`;
+- the choice of a test-time setting on validation pairs: :func:`evaluate_candidates`,
+  :func:`lowest_median`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cvloc.checkpoint import CheckpointError, load_model
 from cvloc.config import config_to_dict, load_config
@@ -390,22 +393,46 @@ def save_ablation(
     write_results(args.out, {"settings": settings, "variants": variants}, [text])
 
 
-def finish(
-    args: argparse.Namespace,
-    preset: str,
-    settings: dict[str, Any],
-    variants: dict[str, dict[str, Any]],
-    text: str,
-) -> None:
-    """Print an ablation table and write it (:func:`save_ablation`).
+def finish(args: argparse.Namespace, preset: str, text: str) -> None:
+    """Print an ablation table (the scripts write it after every variant, :func:`save_ablation`).
 
     Args:
         args: the options of :func:`add_ablation_args`.
         preset: the synthetic preset, for the heading.
-        settings: the run's :func:`ablation_settings`.
-        variants: result name -> its results.
         text: the Markdown table.
     """
     print(f"\n**{preset}, {args.steps} steps on {args.pairs} pairs, {args.num_test} test pairs**")
     print(text)
-    save_ablation(args, settings, variants, text)
+
+
+def evaluate_candidates(runs: dict[str, nn.Module], pairs: Any) -> dict[str, dict[str, Any]]:
+    """Evaluate each named localizer on validation pairs, printing one summary line each.
+
+    The scripts that choose a test-time setting on validation pairs
+    (``refinement.py``, ``classical_window.py``, ``robust_fit.py``) share this loop and
+    :func:`lowest_median`.
+
+    Args:
+        runs: name -> localizer.
+        pairs: the validation pairs.
+
+    Returns:
+        Name -> metrics JSON.
+    """
+    results = {}
+    for name, localizer in runs.items():
+        metrics = evaluate(localizer, pairs, progress=False, method=name)
+        results[name] = metrics
+        print(
+            f"val {name}: median {metrics['location_median_m']:.3f} m, "
+            f"yaw {metrics['yaw_median_deg']:.3f} deg, "
+            f"P@15px {metrics.get('match_precision_15px', math.nan):.3f}, "
+            f"{metrics['seconds_per_pair']:.2f} s per pair",
+            flush=True,
+        )
+    return results
+
+
+def lowest_median(results: dict[str, dict[str, Any]], names: list[str]) -> str:
+    """The name of lowest median location error among ``names``; a tie goes to the first."""
+    return min(names, key=lambda name: results[name]["location_median_m"])

@@ -166,7 +166,7 @@ def main() -> None:
         if name not in variants:
             variants[name] = run_variant(args, name, roots, tests)
             save_ablation(args, settings, variants, table(variants))
-    finish(args, preset, settings, variants, table(variants))
+    finish(args, preset, table(variants))
 
 
 if __name__ == "__main__":

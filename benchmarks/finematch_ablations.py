@@ -179,7 +179,7 @@ def main() -> None:
         if name not in variants:
             variants.update(run_variant(args, name, tests))
             save_ablation(args, settings, variants, table(variants, tuple(args.areas)))
-    finish(args, preset, settings, variants, table(variants, tuple(args.areas)))
+    finish(args, preset, table(variants, tuple(args.areas)))
 
 
 if __name__ == "__main__":

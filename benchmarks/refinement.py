@@ -32,7 +32,9 @@ from common import (
     AREAS,
     DATA_DIR,
     RESULTS,
+    evaluate_candidates,
     load_or_exit,
+    lowest_median,
     run_settings,
     synthetic_split,
     write_results,
@@ -94,18 +96,13 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, _ = load_or_exit(args.checkpoint)
     settings = {text: parse_setting(text) for text in args.settings}
-    results: dict[str, Any] = {"settings": run_settings(args), "val": {}}
+    results: dict[str, Any] = {"settings": run_settings(args)}
     val = synthetic_split(args.preset, "val", "same", args.val_num, args.seed, args.workers,
                           args.data_dir)  # fmt: skip
-    for text, setting in settings.items():
-        metrics = evaluate(PriorRefinement(model, *setting), val, progress=False, method=text)
-        results["val"][text] = metrics
-        print(
-            f"val {text}: median {metrics['location_median_m']:.2f} m, "
-            f"{metrics['yaw_median_deg']:.2f} deg, "
-            f"P@15px {metrics.get('match_precision_15px', float('nan')):.3f}"
-        )
-    chosen = min(settings, key=lambda t: results["val"][t]["location_median_m"])
+    results["val"] = evaluate_candidates(
+        {text: PriorRefinement(model, *setting) for text, setting in settings.items()}, val
+    )
+    chosen = lowest_median(results["val"], list(settings))
     results["chosen"] = chosen
     print(f"chosen on val: {chosen}")
     tables = []

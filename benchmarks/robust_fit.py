@@ -27,9 +27,16 @@ from typing import Any
 
 import torch
 
-from common import DATA_DIR, RESULTS, run_settings, synthetic_split, write_results
+from common import (
+    DATA_DIR,
+    RESULTS,
+    evaluate_candidates,
+    lowest_median,
+    run_settings,
+    synthetic_split,
+    write_results,
+)
 from cvloc.checkpoint import CheckpointError, load_model
-from cvloc.evaluate import evaluate
 from cvloc.metrics import format_metrics_table
 from cvloc.models.refinement import refined
 
@@ -80,7 +87,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     val = synthetic_split(args.preset, "val", "same", args.val_num, args.seed, args.workers,
                           args.data_dir)  # fmt: skip
-    results: dict[str, Any] = {"settings": run_settings(args), "val": {}}
+    runs = {}
     for text, (iters, sigma) in fits.items():
         overrides = [
             f"model.finematch.matching.robust_iters={iters}",
@@ -92,16 +99,10 @@ def main() -> None:
             raise SystemExit(f"--checkpoint {args.checkpoint}: {exc}") from exc
         if cfg.model.method != "finematch":
             raise SystemExit(f"--checkpoint {args.checkpoint}: a {cfg.model.method} model")
-        name = f"robust {text}"
-        metrics = evaluate(refined(model, cfg.eval), val, progress=False, method=name)
-        results["val"][name] = metrics
-        print(
-            f"val {name}: median {metrics['location_median_m']:.3f} m, "
-            f"yaw {metrics['yaw_median_deg']:.3f} deg, "
-            f"{metrics['seconds_per_pair']:.2f} s per pair",
-            flush=True,
-        )
-    chosen = min(fits, key=lambda t: results["val"][f"robust {t}"]["location_median_m"])
+        runs[f"robust {text}"] = refined(model, cfg.eval)
+    results: dict[str, Any] = {"settings": run_settings(args)}
+    results["val"] = evaluate_candidates(runs, val)
+    chosen = lowest_median(results["val"], list(runs)).removeprefix("robust ")
     results["chosen"] = chosen
     print(f"chosen on val: {chosen}")
     title = (

@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     from cvloc.calibrate import fit_calibration, normalized_errors, write_calibrated_weights
     from cvloc.checkpoint import CheckpointError, load_model
     from cvloc.localize_inputs import readable_training_settings
-    from cvloc.models.refinement import REFINE_FIELDS, refined
+    from cvloc.models.refinement import refined, refinement_of
 
     for name in ("num", "batch_size"):
         if getattr(args, name) < 1:
@@ -109,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"checkpoint {args.checkpoint!r} cannot be loaded: {exc}") from exc
     dataset, source, data_cfg = _dataset(args, cfg)
     settings = refine_settings(args, cfg.eval)
-    refine = {k: getattr(settings, k) for k in REFINE_FIELDS}
+    refine = refinement_of(settings)
     print(f"calibrating {args.checkpoint} on {len(dataset)} pairs: {source}, {refine}")
     d2, z2, missing = normalized_errors(
         refined(model, settings), dataset, args.batch_size, args.device,

@@ -263,7 +263,7 @@ def _model(
         model = PriorBaseline() if args.method == "prior" else ClassicalBaseline()
         return model, args.method, dict(SYNTHETIC_DEFAULTS), None
     from cvloc.checkpoint import CheckpointError, load_model
-    from cvloc.models.refinement import REFINE_FIELDS, refined
+    from cvloc.models.refinement import refined, refinement_of
 
     try:
         model, cfg = load_model(args.checkpoint, device, args.set)
@@ -278,8 +278,7 @@ def _model(
     if settings.classical_refine:
         method = f"{method} + classical refinement"
     defaults = {"preset": cfg.data.preset, "seed": cfg.data.seed}
-    refinement = {name: getattr(settings, name) for name in REFINE_FIELDS}
-    return refined(model, settings), method, defaults, refinement
+    return refined(model, settings), method, defaults, refinement_of(settings)
 
 
 def _dataset(args: argparse.Namespace, defaults: dict[str, Any]) -> tuple[Any, str]:

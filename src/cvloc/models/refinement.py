@@ -262,6 +262,18 @@ def prior_from_estimate(
     return out
 
 
+def refinement_of(eval_config: Any) -> dict[str, Any]:
+    """The refinement settings (:data:`REFINE_FIELDS`) of an eval config, as recorded.
+
+    Args:
+        eval_config: a :class:`cvloc.config.EvalConfig`.
+
+    Returns:
+        Field name -> value, in :data:`REFINE_FIELDS` order.
+    """
+    return {name: getattr(eval_config, name) for name in REFINE_FIELDS}
+
+
 def refined(model: nn.Module, eval_config: Any) -> nn.Module:
     """The model as its test-time settings run it.
 
