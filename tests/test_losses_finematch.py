@@ -225,6 +225,6 @@ def test_oracle_coupling_gives_the_gt_pose():
     dst_uv, weight = extract_matches(targets, (H, W), STRIDE, radius=1)
     src_uv = satellite_grid_uv(H, W, STRIDE).reshape(1, -1, 2).expand(2, -1, -1)
     geo = [batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")]
-    _, yaw, uv = pose_from_matches(src_uv, dst_uv, weight, *geo)
+    _, yaw, uv, _ = pose_from_matches(src_uv, dst_uv, weight, *geo)
     assert torch.allclose(uv, batch["camera_uv_gt"], atol=1e-3)
     assert torch.allclose(yaw, batch["yaw_deg_gt"], atol=1e-3)

@@ -445,15 +445,16 @@ def outlier_problem(dtype: torch.dtype, share: float = 0.3) -> tuple[torch.Tenso
 
 def test_robust_fit_without_iterations_is_the_weighted_fit(dtype):
     src, dst, w, _, _ = outlier_problem(dtype)
-    robust = robust_procrustes_2d(src, dst, w, 1.0, 0)
+    *robust, weights = robust_procrustes_2d(src, dst, w, 1.0, 0)
     for got, want in zip(robust, weighted_procrustes_2d(src, dst, w), strict=True):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
+    torch.testing.assert_close(weights, w, rtol=0, atol=0)
 
 
 def test_robust_fit_recovers_the_motion_that_outliers_bend(dtype):
     src, dst, w, R_true, t_true = outlier_problem(dtype)
     _, t0 = weighted_procrustes_2d(src, dst, w)
-    R, t = robust_procrustes_2d(src, dst, w, 1.0, 5)
+    R, t, weights = robust_procrustes_2d(src, dst, w, 1.0, 5)
     err0 = (t0 - t_true).norm(dim=-1)
     err = (t - t_true).norm(dim=-1)
     assert (err0 > 0.3).all() and (err < 0.05).all()  # the outliers bend the plain fit
@@ -466,17 +467,23 @@ def test_robust_fit_recovers_the_motion_that_outliers_bend(dtype):
         R_ref, t_ref = kabsch_svd_2d(src[b].double().numpy(), dst[b].double().numpy(), inlier[b])
         np.testing.assert_allclose(R[b].double().numpy(), R_ref, atol=2e-3)
         np.testing.assert_allclose(t[b].double().numpy(), t_ref, atol=0.05)
+    # The returned weights: the kernel at the returned fit, computed here independently;
+    # the outliers (>= 5 units off, kernel <= exp(-12.5)) fade out, the inliers keep theirs.
+    r2 = (dst - (src @ R.transpose(1, 2) + t[:, None])).square().sum(-1)
+    torch.testing.assert_close(weights, w * torch.exp(-r2 / 2.0))
+    assert (weights[residual > 4.0] < 1e-3).all() and (weights[residual < 0.5] > 0.8).all()
 
 
 def test_robust_fit_keeps_exact_data_and_a_fixed_rotation(dtype):
     src, dst, w, R_true, t_true = outlier_problem(dtype, share=0.0)
     dst = src @ R_true.transpose(1, 2) + t_true[:, None]  # noise-free
     tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {}
-    R, t = robust_procrustes_2d(src, dst, w, 0.5, 3)
+    R, t, weights = robust_procrustes_2d(src, dst, w, 0.5, 3)
+    torch.testing.assert_close(weights, w, **tol)  # zero residuals: every weight kept
     torch.testing.assert_close(R, R_true, **tol)
     torch.testing.assert_close(t, t_true, **tol)
     fixed = torch.tensor([True, False])
-    R_fixed, _ = robust_procrustes_2d(src, dst, w, 0.5, 3, fixed)
+    R_fixed, _, _ = robust_procrustes_2d(src, dst, w, 0.5, 3, fixed)
     torch.testing.assert_close(R_fixed[0], torch.eye(2, dtype=dtype))
 
 
@@ -485,7 +492,7 @@ def test_robust_fit_without_consensus_keeps_its_weights():
     # the plain fit's weights (and so its result) instead of losing all evidence.
     src, dst, w, _, _ = outlier_problem(torch.float64, share=0.0)
     dst = dst + torch.randn(dst.shape, generator=torch.Generator().manual_seed(3), dtype=dst.dtype)
-    plain = weighted_procrustes_2d(src, dst, w)
+    plain = (*weighted_procrustes_2d(src, dst, w), w)
     for got, want in zip(robust_procrustes_2d(src, dst, w, 1e-9, 3), plain, strict=True):
         torch.testing.assert_close(got, want)
 

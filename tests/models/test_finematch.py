@@ -17,6 +17,7 @@ from cvloc.geometry.checks import ShapeError
 from cvloc.models import FineMatch, FineMatchConfig
 from cvloc.models.encoders import EncoderConfig
 from cvloc.models.matching import NO_MATCH_SCORE, MatchingConfig, prior_window_mask
+from cvloc.models.refinement import move_sources
 from cvloc.models.simrefiner import SimRefinerConfig
 from cvloc.models.surface import SurfaceConfig
 from cvloc.train import train
@@ -77,6 +78,29 @@ class TestFineMatch:
         heights = out["match_height_m"]
         assert (heights >= 0).all() and (heights <= 6.0 + 1e-5).all()
         assert torch.equal(heights, out["surface_height_m"].flatten(1))
+
+    def test_match_weight_is_the_pose_fits(self):
+        # The plain fit weighs each match by its windowed coupling mass; the robust fit's
+        # match_weight is that mass times the Welsch kernel of its residual to the pose.
+        torch.manual_seed(0)
+        plain = FineMatch(TINY).eval()
+        robust_cfg = dataclasses.replace(TINY.matching, robust_iters=2, robust_sigma_m=1.0)
+        robust = FineMatch(tiny(matching=robust_cfg)).eval()
+        robust.load_state_dict(plain.state_dict())
+        batch = make_batch("pinhole", B=2, sat=128)
+        with torch.no_grad():
+            a, b = plain(batch), robust(batch)
+        torch.testing.assert_close(a["coupling"], b["coupling"])
+        # The residual, independently: the BEV cells moved from the prior to the estimate.
+        m = batch["m_per_px"]
+        moved = move_sources(
+            b["match_src_uv"], batch["sat_center_uv"], m, batch["camera_uv_prior"],
+            batch["yaw_deg_prior"], b["camera_uv_pred"], b["yaw_deg_pred"],
+        )  # fmt: skip
+        r_m = (moved - b["match_dst_uv"]).norm(dim=-1) * m[:, None]
+        expected = a["match_weight"] * torch.exp(-r_m.square() / 2.0)
+        torch.testing.assert_close(b["match_weight"], expected, atol=1e-5, rtol=1e-3)
+        assert (b["match_weight"] < a["match_weight"] - 1e-3).any()  # some leave the fit
 
     def test_stride_4(self):
         torch.manual_seed(0)

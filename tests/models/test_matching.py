@@ -204,14 +204,16 @@ def rigid_matches(B=2, N=60, seed=0):
 class TestPoseFromMatches:
     def test_exact_matches_give_the_pose(self):
         src, dst, geo, (gt_uv, gt_yaw) = rigid_matches()
-        xy, yaw, uv = pose_from_matches(src, dst, torch.rand(2, 60) + 0.1, *geo)
+        weight = torch.rand(2, 60) + 0.1
+        xy, yaw, uv, fit_weight = pose_from_matches(src, dst, weight, *geo)
+        torch.testing.assert_close(fit_weight, weight, rtol=0, atol=0)  # the plain fit's
         assert torch.allclose(uv, gt_uv, atol=1e-3)
         assert torch.allclose(yaw, gt_yaw, atol=1e-3)
         assert torch.allclose(xy, pixel_to_world_xy(uv, geo[0], geo[1]), atol=1e-5)
 
     def test_no_weight_keeps_the_prior(self):
         src, dst, geo, _ = rigid_matches()
-        _, yaw, uv = pose_from_matches(src, dst, torch.zeros(2, 60), *geo)
+        _, yaw, uv, _ = pose_from_matches(src, dst, torch.zeros(2, 60), *geo)
         assert torch.allclose(uv, geo[2]) and torch.allclose(yaw, geo[3])
 
     def test_ransac_rejects_outliers_procrustes_does_not(self):
@@ -220,10 +222,13 @@ class TestPoseFromMatches:
         dst[:, :24] = 128 * torch.rand(2, 24, 2, generator=torch.Generator().manual_seed(3))
         weight = torch.ones(2, 80)
         ransac = MatchingConfig(solver="ransac", ransac_iters=64, ransac_threshold_m=0.5)
-        _, yaw_r, uv_r = pose_from_matches(src, dst, weight, *geo, config=ransac)
+        _, yaw_r, uv_r, inlier_w = pose_from_matches(src, dst, weight, *geo, config=ransac)
         uv_p = pose_from_matches(src, dst, weight, *geo)[2]
         assert torch.allclose(uv_r, gt_uv, atol=1e-3) and torch.allclose(yaw_r, gt_yaw, atol=1e-3)
         assert (uv_p - gt_uv).norm(dim=-1).max() > 1.0
+        # The fit's weights: the inlier set (every true match, no random one lands on its
+        # true place within 0.5 m).
+        assert (inlier_w[:, 24:] == 1).all() and (inlier_w[:, :24] == 0).all()
         # Deterministic: the seed fixes the hypotheses.
         again = pose_from_matches(src, dst, weight, *geo, config=ransac)
         assert torch.equal(again[2], uv_r)
@@ -237,16 +242,19 @@ class TestPoseFromMatches:
         dst[:, :24] += direction * (4 + 8 * torch.rand(2, 24, 1, generator=g))
         weight = torch.ones(2, 80)
         robust = MatchingConfig(robust_iters=4, robust_sigma_m=0.5)
-        _, yaw_r, uv_r = pose_from_matches(src, dst, weight, *geo, config=robust)
+        _, yaw_r, uv_r, fit_w = pose_from_matches(src, dst, weight, *geo, config=robust)
         uv_p = pose_from_matches(src, dst, weight, *geo)[2]
         assert torch.allclose(uv_r, gt_uv, atol=2e-2) and torch.allclose(yaw_r, gt_yaw, atol=2e-2)
         assert (uv_p - gt_uv).norm(dim=-1).max() > 0.2
+        # The near-misses (>= 4 px = 1 m = 2 sigma off: kernel <= exp(-2) = 0.135) fade out;
+        # the true matches keep their weight.
+        assert (fit_w[:, :24] < 0.14).all() and (fit_w[:, 24:] > 0.99).all()
 
     def test_gradient_reaches_matches_and_weights(self):
         src, dst, geo, _ = rigid_matches()
         dst = (dst + 0.5 * torch.randn_like(dst)).requires_grad_()
         weight = (torch.rand(2, 60) + 0.1).requires_grad_()
-        xy, yaw, _ = pose_from_matches(src, dst, weight, *geo)
+        xy, yaw, _, _ = pose_from_matches(src, dst, weight, *geo)
         (xy.sum() + yaw.sum()).backward()
         assert torch.isfinite(dst.grad).all() and dst.grad.abs().sum() > 0
         assert torch.isfinite(weight.grad).all() and weight.grad.abs().sum() > 0

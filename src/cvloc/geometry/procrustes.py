@@ -144,7 +144,7 @@ def robust_procrustes_2d(
     sigma: float,
     iters: int,
     fixed_rotation: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted rigid fit robust to outliers: a Welsch M-estimator by reweighted least squares.
 
     Starts from :func:`weighted_procrustes_2d` and re-fits ``iters`` times with the weights
@@ -154,6 +154,10 @@ def robust_procrustes_2d(
     re-weighting keeps less than 1e-6 of its weight (no match near the fit) keeps its
     previous weights, so it is never left without evidence. ``iters = 0`` is the weighted
     fit itself; exact data is a fixed point (zero residuals change no weight).
+
+    The weights come back too, re-weighted by the residuals to the returned fit (what a
+    next iteration would fit with): each match's inlier weight, the M-estimator's
+    counterpart of RANSAC's inlier set.
 
     Convention: as :func:`weighted_procrustes_2d` (dst ~ R src + t); ``sigma`` in the unit
     of the points.
@@ -167,7 +171,9 @@ def robust_procrustes_2d(
         fixed_rotation: optional (B,) bool: where True only the translation is fitted.
 
     Returns:
-        R: (B, 2, 2) and t: (B, 2), as :func:`weighted_procrustes_2d`.
+        R: (B, 2, 2) and t: (B, 2), as :func:`weighted_procrustes_2d`; weights (B, N):
+        w_i exp(-r_i^2 / (2 sigma^2)) at that fit, the previous weights where that keeps
+        less than 1e-6 of the weight (``iters = 0``: ``weights`` with NaN as 0).
 
     Raises:
         ValueError: ``sigma`` <= 0 or ``iters`` < 0.
@@ -176,21 +182,21 @@ def robust_procrustes_2d(
     if not sigma > 0 or iters < 0:
         raise ValueError(f"expected sigma > 0 and iters >= 0, got {sigma}, {iters}")
     R, t = weighted_procrustes_2d(src_xy, dst_xy, weights, fixed_rotation)
+    base = torch.nan_to_num(weights.to(R.dtype)).clamp_min(0.0)
     if iters == 0:
-        return R, t
-    dtype = R.dtype
-    src, dst = src_xy.to(dtype), dst_xy.to(dtype)
-    base = torch.nan_to_num(weights.to(dtype)).clamp_min(0.0)
+        return R, t, base
+    src, dst = src_xy.to(R.dtype), dst_xy.to(R.dtype)
     total = base.sum(-1, keepdim=True)
     w = base
-    for _ in range(iters):
+    for i in range(iters + 1):
         moved = (R[:, None] * src[:, :, None, :]).sum(-1) + t[:, None]  # R src + t, B,N,2
         r2 = torch.nan_to_num((moved - dst).square().sum(-1), nan=torch.inf)
         new = base * torch.exp(-r2 / (2.0 * sigma**2))
         kept = new.sum(-1, keepdim=True) >= _MIN_KEPT_WEIGHT * total
         w = torch.where(kept, new, w)
-        R, t = weighted_procrustes_2d(src, dst, w, fixed_rotation)
-    return R, t
+        if i < iters:  # the last pass only weighs the matches at the returned fit
+            R, t = weighted_procrustes_2d(src, dst, w, fixed_rotation)
+    return R, t, w
 
 
 def rotation_angle_2d(R: torch.Tensor) -> torch.Tensor:

@@ -107,9 +107,11 @@ class FineMatch(nn.Module):
 
     - ``camera_uv_pred`` (B, 2), ``camera_xy_pred`` (B, 2), ``yaw_deg_pred`` (B,): the pose.
     - ``match_src_uv`` (B, N, 2): BEV cell centres in satellite pixels; ``match_dst_uv``
-      (B, N, 2): their matched satellite pixels; ``match_weight`` (B, N): the coupling
-      mass of each match; ``match_height_m`` (B, N): the predicted surface height of each
-      BEV cell, with which a match is lifted to its ground-image pixel.
+      (B, N, 2): their matched satellite pixels; ``match_weight`` (B, N): the weight of
+      each match in the pose fit (as DenseFlow's are its pose head's): its coupling mass,
+      times its inlier weight with ``matching.robust_iters`` > 0; ``match_height_m``
+      (B, N): the predicted surface height of each BEV cell, with which a match is lifted
+      to its ground-image pixel.
     - ``surface_height_m`` (B, 1, Hf, Wf), ``height_logits`` (B, Z, Hf, Wf),
       ``height_bins_m`` (Z,): the Surface Model.
     - ``similarity`` (B, N, M): the refined similarity S', ``NO_MATCH_SCORE`` outside
@@ -207,7 +209,7 @@ class FineMatch(nn.Module):
         src_uv = satellite_grid_uv(*grid_hw, cfg.stride, dst_uv.dtype, dst_uv.device)
         src_uv = src_uv.reshape(1, -1, 2).expand(probs.shape[0], -1, -1)
         geo = (batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior"))
-        camera_xy, yaw_deg, camera_uv = pose_from_matches(
+        camera_xy, yaw_deg, camera_uv, fit_weight = pose_from_matches(
             src_uv, dst_uv, weight, *geo, config=cfg.matching, known_heading=known_heading(batch)
         )
         return {
@@ -216,7 +218,7 @@ class FineMatch(nn.Module):
             "yaw_deg_pred": yaw_deg,
             "match_src_uv": src_uv,
             "match_dst_uv": dst_uv,
-            "match_weight": weight,
+            "match_weight": fit_weight,
         }
 
     def _window(self, batch: dict[str, Any], grid_hw: tuple[int, int]) -> torch.Tensor | None:

@@ -33,6 +33,10 @@ paper is silent:
   still no sampling, no threshold, differentiable); off by default, the shipped weights
   record what validation chose. RANSAC (:func:`ransac_rigid_2d`) exists for comparisons
   only.
+- **Match scores.** Each match is reported with the weight it has in the pose fit (as
+  DenseFlow's are its pose head's weights): its coupling mass, times its Welsch weight at
+  the robust fit (the M-estimator's soft inlier set), or zero off RANSAC's inliers. A match
+  the consensus rejects no longer ranks among the confident ones.
 """
 
 from __future__ import annotations
@@ -317,7 +321,7 @@ def pose_from_matches(
     yaw_deg_prior: torch.Tensor,
     config: MatchingConfig | None = None,
     known_heading: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Camera pose from BEV-to-satellite matches by weighted Procrustes (or RANSAC).
 
     Convention: ``src_uv`` are BEV cells placed with the camera at the prior pose, in
@@ -339,7 +343,10 @@ def pose_from_matches(
             pose keeps it and only the position is fitted.
 
     Returns:
-        camera_xy: (B, 2) metres, yaw_deg: (B,) in (-180, 180], camera_uv: (B, 2) pixels.
+        camera_xy: (B, 2) metres, yaw_deg: (B,) in (-180, 180], camera_uv: (B, 2) pixels,
+        fit_weight: (B, N) the weight each match has in the fit: ``weight`` (NaN as 0)
+        for the plain fit, its inlier weight at the fit with ``robust_iters`` > 0, 0 off
+        RANSAC's inlier set.
     """
     cfg = config if config is not None else MatchingConfig()
     check_shape(src_uv, ["B", "N", 2], "src_uv")
@@ -350,16 +357,16 @@ def pose_from_matches(
         src_xy = pixel_to_world_xy(src_uv.float(), center[:, None], m[:, None])
         dst_xy = pixel_to_world_xy(dst_uv.float(), center[:, None], m[:, None])
         if cfg.solver == "ransac":
-            R, t = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg, known_heading)
+            R, t, fit_weight = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg, known_heading)
         else:
-            R, t = robust_procrustes_2d(
+            R, t, fit_weight = robust_procrustes_2d(
                 src_xy, dst_xy, weight.float(), cfg.robust_sigma_m, cfg.robust_iters,
                 known_heading,
             )  # fmt: skip
         prior_xy = pixel_to_world_xy(camera_uv_prior.float(), center, m)
         camera_xy, yaw_deg = compose_pose_with_rigid_2d(R, t, prior_xy, yaw_deg_prior.float())
         camera_uv = world_xy_to_pixel(camera_xy, center, m)
-    return camera_xy, yaw_deg, camera_uv
+    return camera_xy, yaw_deg, camera_uv, fit_weight
 
 
 @torch.no_grad()
@@ -369,7 +376,7 @@ def ransac_rigid_2d(
     weight: torch.Tensor,
     config: MatchingConfig,
     known_heading: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """RANSAC over 2-match rigid hypotheses, then weighted Procrustes on the inliers.
 
     For comparisons only (not differentiable). Hypotheses draw their 2 matches with
@@ -385,7 +392,8 @@ def ransac_rigid_2d(
         known_heading: optional (B,) bool: the final refit keeps the identity rotation.
 
     Returns:
-        R: (B, 2, 2), t: (B, 2); identity and zero for samples without weight.
+        R: (B, 2, 2), t: (B, 2); identity and zero for samples without weight; the weights
+        of the final fit (B, N): ``weight`` on the inliers, 0 elsewhere.
     """
     B, N, _ = src_xy.shape
     K = config.ransac_iters
@@ -401,4 +409,5 @@ def ransac_rigid_2d(
     inlier = (moved - dst_xy[:, None]).norm(dim=-1) < config.ransac_threshold_m  # B,K,N
     best = (inlier * w[:, None]).sum(-1).argmax(-1)  # B,
     keep = inlier[torch.arange(B, device=src_xy.device), best]
-    return weighted_procrustes_2d(src_xy, dst_xy, w * keep, known_heading)
+    R, t = weighted_procrustes_2d(src_xy, dst_xy, w * keep, known_heading)
+    return R, t, w * keep
