@@ -4,7 +4,7 @@ Reproduce the recorded results (about 3 min on 2 CPU cores)::
 
     python benchmarks/match_stages.py --num 100
 
-DenseFlow's top-30 matches are far more precise than FineMatch's (94 against 74 % within
+DenseFlow's top-30 matches are far more precise than FineMatch's (94 against 80 % within
 15 px on the test split). Both start from the same kind of features: a ResNet's 1/8 maps,
 the ground's placed on the satellite grid at the prior pose. This script judges the
 matches each method has at every stage, on ``--num`` synthetic ``val`` pairs (never the
