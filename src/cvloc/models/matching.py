@@ -409,5 +409,6 @@ def ransac_rigid_2d(
     inlier = (moved - dst_xy[:, None]).norm(dim=-1) < config.ransac_threshold_m  # B,K,N
     best = (inlier * w[:, None]).sum(-1).argmax(-1)  # B,
     keep = inlier[torch.arange(B, device=src_xy.device), best]
-    R, t = weighted_procrustes_2d(src_xy, dst_xy, w * keep, known_heading)
-    return R, t, w * keep
+    fit_weight = w * keep
+    R, t = weighted_procrustes_2d(src_xy, dst_xy, fit_weight, known_heading)
+    return R, t, fit_weight
