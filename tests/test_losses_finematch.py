@@ -7,6 +7,9 @@ import torch
 
 from cvloc.config import TrainConfig
 from cvloc.geometry.bev import satellite_grid_uv
+from cvloc.geometry.cameras import intrinsics_from_hfov
+from cvloc.geometry.geo import pixel_to_world_xy, world_xy_to_pixel
+from cvloc.geometry.pose import world_to_cam_from_pose
 from cvloc.losses import denseflow_loss, loss_for_method
 from cvloc.losses_finematch import (
     FineMatchLossConfig,
@@ -17,6 +20,7 @@ from cvloc.losses_finematch import (
     matching_targets,
     surface_height_targets,
     vce_loss,
+    visibility_targets,
 )
 from cvloc.models.matching import extract_matches, pose_from_matches
 
@@ -228,3 +232,108 @@ def test_oracle_coupling_gives_the_gt_pose():
     _, yaw, uv, _ = pose_from_matches(src_uv, dst_uv, weight, *geo)
     assert torch.allclose(uv, batch["camera_uv_gt"], atol=1e-3)
     assert torch.allclose(yaw, batch["yaw_deg_gt"], atol=1e-3)
+
+
+def flat_ground_scene(Hg=96, Wg=192, sat=96):
+    """A level pinhole camera at the prior (= GT) pose over flat ground, its per-pixel GT
+    (where each pixel's ray meets z = 0; NaN above the horizon) computed by ray casting,
+    and the BEV cells' ground pixels by forward projection, both independent of cvloc's
+    lifting."""
+    K = intrinsics_from_hfov(90.0, Wg, Hg)[None]
+    center, m = torch.full((1, 2), (sat - 1) / 2), torch.full((1,), 0.5)
+    uv, yaw = center + torch.tensor([[3.0, 20.0]]), torch.tensor([30.0])
+    xy = pixel_to_world_xy(uv, center, m)
+    T = world_to_cam_from_pose(xy, yaw, 1.65)[0].double()
+    R, t = T[:3, :3], T[:3, 3]
+    v, u = torch.meshgrid(torch.arange(Hg), torch.arange(Wg), indexing="ij")
+    rays = torch.stack([u, v, torch.ones_like(u)], -1).double() @ torch.linalg.inv(K[0].double()).T
+    world_dirs = rays @ R  # R^T d per pixel
+    origin = -R.T @ t
+    s_hit = -origin[2] / world_dirs[..., 2]
+    hit = origin[:2] + s_hit[..., None] * world_dirs[..., :2]
+    gt_px = world_xy_to_pixel(hit.float(), center[0], m[0])
+    gt_px[~(s_hit > 0)] = float("nan")
+    cells = satellite_grid_uv(sat // 8, sat // 8, STRIDE).reshape(1, -1, 2)
+    cells_xy = pixel_to_world_xy(cells, center[:, None], m[:, None]).double()[0]
+    cam = torch.cat([cells_xy, torch.zeros(len(cells_xy), 1)], -1) @ R.T + t
+    pixel = (cam @ K[0].double().T)[:, :2] / cam[:, 2:]
+    # The image spans [-0.5, W - 0.5] x [-0.5, H - 0.5] (pixel centres at integers).
+    inside = (cam[:, 2] > 0) & (pixel[:, 0] >= -0.5) & (pixel[:, 0] <= Wg - 0.5)
+    inside &= (pixel[:, 1] >= -0.5) & (pixel[:, 1] <= Hg - 0.5)
+    batch = {
+        "ground": torch.zeros(1, 3, Hg, Wg),
+        "satellite": torch.zeros(1, 3, sat, sat),
+        "camera_model": ["pinhole"],
+        "K": K,
+        "camera_height_m": torch.tensor([1.65]),
+        "sat_center_uv": center,
+        "m_per_px": m,
+        "camera_uv_prior": uv,
+        "camera_uv_gt": uv,
+        "yaw_deg_prior": yaw,
+        "yaw_deg_gt": yaw,
+        "gt_sat_uv_grd": gt_px[None],
+    }
+    N = cells.shape[1]
+    pred = {
+        "match_src_uv": cells,
+        "match_height_m": torch.zeros(1, N),
+        "bev_valid": torch.ones(1, 1, sat // 8, sat // 8),
+    }
+    return batch, pred, pixel.float(), inside
+
+
+class TestVisibility:
+    def test_targets_mark_the_cells_whose_pixel_sees_a_nearer_surface(self):
+        batch, pred, pixel, inside = flat_ground_scene()
+        grid = (12, 12)
+        gt_uv = gt_cell_uv(batch, grid, STRIDE)
+        target, mask = visibility_targets(pred, batch, gt_uv, radius_px=12.0)
+        assert mask[0].sum() > 10 and torch.equal(mask[0], inside)
+        assert (target[0][inside] == 1).all()  # flat ground: every lifted pixel sees its cell
+        # An occluder fills the left half of the image: there every pixel sees a surface
+        # at the camera, so the cells lifted there are hidden, those on the right not.
+        Wg = batch["gt_sat_uv_grd"].shape[2]
+        batch["gt_sat_uv_grd"][:, :, : Wg // 2] = batch["camera_uv_gt"][:, None, None]
+        target, mask = visibility_targets(pred, batch, gt_uv, radius_px=12.0)
+        far = (gt_uv[0] - batch["camera_uv_gt"][0]).norm(dim=-1) > 12.0
+        left = inside & (pixel[:, 0] < Wg // 2 - 1.5) & far
+        right = inside & (pixel[:, 0] > Wg // 2 + 0.5)
+        assert left.sum() > 3 and right.sum() > 3
+        assert (target[0][left] == 0).all() and (target[0][right] == 1).all()
+
+    def test_loss_trains_the_head_and_needs_its_inputs(self):
+        batch, pred, _, inside = flat_ground_scene()
+        B, N = 1, pred["match_src_uv"].shape[1]
+        xy = (batch["camera_uv_gt"] - batch["sat_center_uv"]) * torch.tensor([1.0, -1.0]) * 0.5
+        pred = {
+            **pred,
+            "similarity": torch.zeros(B, N, N),
+            "height_logits": torch.zeros(B, 4, 12, 12),
+            "height_bins_m": torch.linspace(0, 6, 4),
+            "surface_height_m": torch.zeros(B, 1, 12, 12),
+            "column_valid": torch.ones(B, 1, 12, 12),
+            "match_dst_uv": pred["match_src_uv"],
+            "camera_xy_pred": xy,
+            "yaw_deg_pred": batch["yaw_deg_gt"],
+            "visibility_logits": torch.full((B, 1, 12, 12), -2.0, requires_grad=True),
+        }
+        only = FineMatchLossConfig(
+            matching_weight=0.0, pose_weight=0.0, height_weight=0.0, visibility_weight=1.0
+        )
+        total, parts = finematch_loss(pred, batch, TrainConfig(finematch=only), epoch=0)
+        # Every judged cell is seen (target 1) and every logit -2: the BCE is -log sigmoid(-2).
+        expected = -torch.nn.functional.logsigmoid(torch.tensor(-2.0))
+        assert total.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert parts["visibility_acc"] == 0
+        total.backward()
+        grad = pred["visibility_logits"].grad.flatten()
+        assert (grad[inside] < 0).all() and (grad[~inside] == 0).all()
+        without_head = {k: v for k, v in pred.items() if k != "visibility_logits"}
+        with pytest.raises(KeyError, match="visibility head"):
+            finematch_loss(without_head, batch, TrainConfig(finematch=only), epoch=0)
+        del batch["gt_sat_uv_grd"]
+        with pytest.raises(KeyError, match="gt_sat_uv_grd"):
+            finematch_loss(pred, batch, TrainConfig(finematch=only), epoch=0)
+        with pytest.raises(ValueError, match="visibility_radius_cells"):
+            FineMatchLossConfig(visibility_radius_cells=0.0)

@@ -316,3 +316,21 @@ def test_feature_pretraining_then_init_from(pairs, tmp_path):
 def test_feature_objective_needs_a_weight(pairs, tmp_path):
     with pytest.raises(ValueError, match="objective=features needs"):
         tiny_config(pairs, tmp_path, "train.objective=features")
+
+
+def test_frozen_modules_keep_weights_and_batchnorm_statistics(pairs, tmp_path):
+    frozen = ("ground_encoder", "satellite_encoder")
+    cfg = tiny_config(pairs, tmp_path, f"train.freeze_modules=[{','.join(frozen)}]")
+    torch.manual_seed(cfg.train.seed)  # the trainer's initialisation
+    initial = loop.build_model(cfg.model).state_dict()
+    trained = train(cfg).model.state_dict()
+    moved = set()
+    for name, value in trained.items():
+        if name.split(".")[0] in frozen:  # weights and running statistics alike
+            assert torch.equal(value, initial[name]), name
+        elif not torch.equal(value, initial[name]):
+            moved.add(name.split(".")[0])
+    assert {"update", "context_encoder"} <= moved  # the rest trains
+    assert any("running_mean" in n and n.split(".")[0] in frozen for n in trained)
+    with pytest.raises(ValueError, match=r"has no 'encoder'.*ground_encoder"):
+        Trainer(tiny_config(pairs, tmp_path / "bad", "train.freeze_modules=[encoder]"), CPU)

@@ -166,6 +166,9 @@ class TrainConfig:
         init_modules: fill only these top-level sub-modules from ``init_from`` (``"name"``
             or ``"name=file_name"``; empty: the whole model, same architecture), e.g.
             FineMatch's encoders from a DenseFlow feature pre-training.
+        freeze_modules: top-level sub-modules kept as they are: no gradients, and their
+            BatchNorm layers in eval mode (running statistics used and kept), e.g. all of
+            FineMatch but a new head.
         amp: autocast + gradient scaling on CUDA (ignored on CPU).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         num_threads: CPU threads for torch (None keeps torch's default).
@@ -204,6 +207,7 @@ class TrainConfig:
     objective: str = "localizer"
     init_from: str | None = None
     init_modules: list[str] = field(default_factory=list)
+    freeze_modules: list[str] = field(default_factory=list)
     amp: bool = False
     device: str = "auto"
     num_threads: int | None = None

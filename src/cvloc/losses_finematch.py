@@ -32,6 +32,12 @@ against a satellite-derived height). Our choices:
   height (sigma in bins, as GS-ViewBridge), divided by log Z (1 for a uniform
   prediction), on cells whose column is seen and whose GT location is on the image.
   Skipped without ``sat_height_m`` and for the flat ground (one bin).
+- **Visibility (optional, ours).** With the visibility head
+  (:mod:`cvloc.models.visibility`), binary cross-entropy of its logit against whether the
+  ground pixel a seen cell is lifted to (at its predicted height, through the prior
+  camera: the pixel its match is reported with) truly shows a point within
+  ``visibility_radius_cells`` of the cell's GT location (:func:`visibility_targets`).
+  Needs the per-pixel ground truth ``gt_sat_uv_grd`` (the synthetic world's).
 """
 
 from __future__ import annotations
@@ -59,7 +65,7 @@ class FineMatchLossConfig:
     """Weights and settings of the FineMatch loss (``train.finematch``).
 
     total = ``matching_weight`` L_M + ``pose_weight`` L_VCE + ``height_weight`` L_height
-    + ``align_weight`` L_align.
+    + ``align_weight`` L_align + ``visibility_weight`` L_vis.
     The notes give 1 for L_VCE and L_M at known orientation (L_M: 100 at unknown); the
     height weight is unpublished, ours is 1 (L_height starts near 1, L_M near log M).
 
@@ -72,6 +78,10 @@ class FineMatchLossConfig:
         height_sigma_bins: sigma of the Gaussian height target, in bins.
         vce_extent_m: side of the square of virtual points around the prior camera.
         vce_points: virtual points per side.
+        visibility_weight: weight of the visibility cross-entropy (0: off; needs the
+            model's visibility head and ``gt_sat_uv_grd`` in the batches).
+        visibility_radius_cells: a cell counts as seen when its lifted pixel's true
+            satellite location is within this many cells of the cell's.
     """
 
     matching_weight: float = 1.0
@@ -82,13 +92,18 @@ class FineMatchLossConfig:
     height_sigma_bins: float = 0.75
     vce_extent_m: float = 10.0
     vce_points: int = 10
+    visibility_weight: float = 0.0
+    visibility_radius_cells: float = 1.5
 
     def __post_init__(self) -> None:
-        weights = (self.matching_weight, self.pose_weight, self.height_weight, self.align_weight)
+        weights = (self.matching_weight, self.pose_weight, self.height_weight,
+                   self.align_weight, self.visibility_weight)  # fmt: skip
         if min(weights) < 0 or not any(w > 0 for w in weights) or self.align_radius < 0:
             raise ValueError(
                 f"loss weights must be >= 0 and not all 0 (and align_radius >= 0), got {self}"
             )
+        if not self.visibility_radius_cells > 0:
+            raise ValueError(f"visibility_radius_cells must be positive, got {self}")
         if not self.height_sigma_bins > 0 or not self.vce_extent_m > 0 or self.vce_points < 1:
             raise ValueError(f"sigma, extent and points must be positive, got {self}")
 
@@ -247,6 +262,43 @@ def vce_loss(
     return ((diff**2).sum(-1) + 1e-12).sqrt().mean(-1)  # eps: finite gradient at 0
 
 
+def visibility_targets(
+    pred: dict[str, Any], batch: dict[str, Any], gt_uv: torch.Tensor, radius_px: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether the ground pixel each BEV cell is lifted to truly shows that cell.
+
+    Convention: satellite pixels; the cells lifted as the correspondence metrics lift them
+    (:func:`cvloc.evaluate.match_gt_sat_uv`: the prior camera, the predicted height).
+
+    Args:
+        pred: ``match_src_uv`` (B, N, 2), ``match_height_m`` (B, N), ``bev_valid``.
+        batch: with ``gt_sat_uv_grd`` (B, Hg, Wg, 2).
+        gt_uv: (B, N, 2) the cells' GT satellite locations (:func:`gt_cell_uv`).
+        radius_px: how near the lifted pixel's true location must be, satellite pixels.
+
+    Returns:
+        target: (B, N) float 1 (seen) / 0 and mask: (B, N) bool, the seen cells whose
+        lifted pixel has a ground truth.
+
+    Raises:
+        KeyError: the batch has no ``gt_sat_uv_grd``.
+    """
+    if "gt_sat_uv_grd" not in batch:
+        raise KeyError(
+            "train.finematch.visibility_weight > 0 needs gt_sat_uv_grd in the batches "
+            "(synthetic data, with data.cache_train=false and data.cache_val=false: the caches "
+            "drop it)"
+        )
+    # Imported here: cvloc.evaluate -> checkpoint -> config imports this module.
+    from cvloc.evaluate import match_gt_sat_uv
+
+    with torch.no_grad():
+        pixel_gt = match_gt_sat_uv(pred, batch, pred["match_height_m"].detach()).float()
+        mask = torch.isfinite(pixel_gt).all(-1) & (pred["bev_valid"].flatten(1) > 0)
+        near = (pixel_gt - gt_uv).norm(dim=-1) <= radius_px
+        return (near & mask).float(), mask
+
+
 def finematch_loss(
     pred: dict[str, Any], batch: dict[str, Any], cfg: TrainConfig, epoch: int
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -262,7 +314,8 @@ def finematch_loss(
         (total, parts): the scalar loss and detached scalars ``loss``, ``matching``,
         ``pose`` (VCE, metres), ``height`` (0 when skipped), ``alignment`` (0 when off),
         ``height_mae_m`` (mean absolute surface-height error on the supervised cells, 0
-        when skipped),
+        when skipped), ``visibility`` (0 when off) and ``visibility_acc`` (the head's
+        accuracy at probability 0.5 on its targets, 0 when off),
         ``epe_final_px`` (mean distance of the partnered cells' matches to their GT
         location, satellite pixels), ``position_m`` and ``yaw_deg`` (pose errors).
     """
@@ -294,6 +347,19 @@ def finematch_loss(
             pred["similarity"].float(), row_valid.unflatten(1, grid_hw), cells, fm.align_radius
         )
         total = total + fm.align_weight * align
+    visibility, visibility_acc = matching.new_zeros(()), matching.new_zeros(())
+    if fm.visibility_weight > 0:
+        if "visibility_logits" not in pred:
+            raise KeyError(
+                "train.finematch.visibility_weight > 0 needs the visibility head "
+                "(model.finematch.visibility=true)"
+            )
+        target, mask = visibility_targets(pred, batch, gt_uv, fm.visibility_radius_cells * stride)
+        logits = pred["visibility_logits"].float().flatten(1)
+        per_cell = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        visibility = masked_mean(per_cell, mask)
+        visibility_acc = masked_mean(((logits > 0).float() == target).float(), mask)
+        total = total + fm.visibility_weight * visibility
     with torch.no_grad():
         epe = masked_mean((pred["match_dst_uv"] - gt_uv).norm(dim=-1), has_partner)
         position = (pred["camera_xy_pred"] - camera_xy(batch, "gt")).norm(dim=-1).mean()
@@ -304,7 +370,9 @@ def finematch_loss(
         "pose": pose,
         "height": height,
         "alignment": align,
+        "visibility": visibility,
     }
     parts = {k: v.detach() for k, v in parts.items()}
-    parts.update(height_mae_m=height_mae, epe_final_px=epe, position_m=position, yaw_deg=yaw)
+    parts.update(height_mae_m=height_mae, epe_final_px=epe, position_m=position, yaw_deg=yaw,
+                 visibility_acc=visibility_acc.detach())  # fmt: skip
     return total, parts

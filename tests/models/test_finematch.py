@@ -102,6 +102,28 @@ class TestFineMatch:
         torch.testing.assert_close(b["match_weight"], expected, atol=1e-5, rtol=1e-3)
         assert (b["match_weight"] < a["match_weight"] - 1e-3).any()  # some leave the fit
 
+    def test_visibility_head_scales_the_match_weights(self):
+        # The head's probability multiplies each cell's weight before the (plain) fit, and
+        # learns from its own target only: the pose sends it no gradient.
+        torch.manual_seed(0)
+        plain = FineMatch(TINY).eval()
+        seen = FineMatch(tiny(visibility=True, visibility_hidden=4)).eval()
+        missing, unexpected = seen.load_state_dict(plain.state_dict(), strict=False)
+        assert missing and all(k.startswith("visibility.") for k in missing) and not unexpected
+        torch.nn.init.normal_(seen.visibility.net[-1].weight, std=10.0)  # cells now differ
+        torch.nn.init.zeros_(seen.visibility.net[-1].bias)
+        batch = make_batch("pinhole", B=2, sat=128)
+        with torch.no_grad():
+            a, b = plain(batch), seen(batch)
+        p = b["visibility"]
+        assert p.shape == (2, 1, 16, 16) and p.std() > 0.01 and ((p > 0) & (p < 1)).all()
+        expected = a["match_weight"] * p.flatten(1)
+        torch.testing.assert_close(b["match_weight"], expected, rtol=1e-5, atol=1e-7)
+        assert "visibility" not in a
+        seen.train()
+        seen(batch)["camera_xy_pred"].sum().backward()
+        assert all(q.grad is None for q in seen.visibility.parameters())
+
     def test_stride_4(self):
         torch.manual_seed(0)
         out = FineMatch(tiny(stride=4))(make_batch("pinhole", B=1, sat=64))

@@ -110,6 +110,9 @@ class Trainer:
             self.forward_kwargs = {"correlation_only": True}
             for name in FROZEN_IN_FEATURE_TRAINING:
                 getattr(self.unwrapped, name).requires_grad_(False)
+        self.frozen = [_submodule(self.unwrapped, name) for name in tc.freeze_modules]
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.unwrapped.to(info.device)
         self.model: nn.Module = self.unwrapped
         if info.distributed:
@@ -199,6 +202,8 @@ class Trainer:
     ) -> tuple[dict[str, float], dict[str, Any], dict[str, Any]]:
         """Loss parts, prediction and device batch; ``skipped`` = 1 if not finite."""
         self.model.train()
+        for module in self.frozen:  # BatchNorm uses and keeps its running statistics
+            module.eval()
         batch = data_mod.to_device(batch, self.info.device)
         # A non-finite forward pass may already have written NaN into BatchNorm's running
         # statistics; keep the buffers so that a skipped step leaves no trace.
@@ -314,3 +319,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
+
+
+def _submodule(model: nn.Module, name: str) -> nn.Module:
+    """The top-level sub-module ``name`` of a model (``train.freeze_modules``).
+
+    Raises:
+        ValueError: the model has no such sub-module (the message lists those it has).
+    """
+    module = getattr(model, name, None)
+    if not isinstance(module, nn.Module):
+        names = [n for n, _ in model.named_children()]
+        raise ValueError(f"train.freeze_modules: {type(model).__name__} has no {name!r}; its "
+                         f"sub-modules are {names}")  # fmt: skip
+    return module

@@ -48,6 +48,7 @@ from cvloc.models.matching import (
 from cvloc.models.refine import RefineBlock
 from cvloc.models.simrefiner import SimRefiner, SimRefinerConfig
 from cvloc.models.surface import SurfaceConfig, SurfaceModel
+from cvloc.models.visibility import VisibilityHead
 
 AMP_DTYPES = ("bfloat16", "float16")
 
@@ -70,6 +71,9 @@ class FineMatchConfig:
             map with the same weights, read with the offset they were trained with.
         bev_samples: points averaged per BEV cell along each axis, at every height bin
             (:func:`cvloc.geometry.bev.bev_from_prior`).
+        visibility: a visibility head (:mod:`.visibility`, ours) whose probability that
+            a cell's lifted ground pixel sees it multiplies the cell's match weight.
+        visibility_hidden: channels of its hidden convolutions.
         mixed_precision: autocast the CNNs on CUDA (similarity, refiner, coupling and
             pose stay in float32). No effect on CPU.
         amp_dtype: ``"bfloat16"`` or ``"float16"``.
@@ -84,6 +88,8 @@ class FineMatchConfig:
     stride: int = OUTPUT_STRIDE
     ground_stride: int | None = None
     bev_samples: int = 1
+    visibility: bool = False
+    visibility_hidden: int = 32
     mixed_precision: bool = False
     amp_dtype: str = "bfloat16"
 
@@ -91,7 +97,7 @@ class FineMatchConfig:
         if self.stride not in OUTPUT_STRIDES:
             raise ValueError(f"stride must be one of {OUTPUT_STRIDES}, got {self.stride}")
         ground_sampling(self.stride, self.ground_stride, self.bev_samples)
-        if min(self.feat_dim, self.desc_dim) < 1:
+        if min(self.feat_dim, self.desc_dim, self.visibility_hidden) < 1:
             raise ValueError(f"feat_dim and desc_dim must be positive, got {self}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
@@ -119,6 +125,9 @@ class FineMatch(nn.Module):
       (B, N + 1, M + 1): the dual-softmax coupling with the dustbin at index N / M.
     - ``bev_valid`` (B, 1, Hf, Wf): float 0/1, a cell's surface is seen by the camera;
       ``column_valid`` (B, 1, Hf, Wf): any height of the cell is seen.
+    - ``visibility`` (B, 1, Hf, Wf) and ``visibility_logits``, with ``config.visibility``:
+      the probability that the cell's lifted ground pixel sees the cell; it multiplies
+      the cell's match weight.
 
     Args:
         config: hyper-parameters.
@@ -144,6 +153,10 @@ class FineMatch(nn.Module):
         self.sat_descriptor = DescriptorHead(cfg.feat_dim, cfg.desc_dim, cfg.encoder.norm)
         self.refiner = SimRefiner(cfg.refiner)
         self.dustbin = AdaptiveDustbin(cfg.matching.dustbin_hidden, cfg.matching.dustbin_init)
+        self.visibility: VisibilityHead | None = None
+        if cfg.visibility:
+            bins = cfg.surface.num_height_bins
+            self.visibility = VisibilityHead(cfg.feat_dim, bins, cfg.visibility_hidden)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Match, lift and localize a batch.
@@ -174,8 +187,11 @@ class FineMatch(nn.Module):
             # 3. Surface Model: height distribution, surface height, visible-only fusion.
             surface = self.surface(volume, valid)
             # 4. L2-normalised BEV and satellite descriptors.
-            d_bev = self.bev_descriptor(self.bev_refine(surface.bev))
+            bev = self.bev_refine(surface.bev)
+            d_bev = self.bev_descriptor(bev)
             d_sat = self.sat_descriptor(f_sat)
+            # 4b. Whether each cell's lifted ground pixel sees it (optional head).
+            seen_logits = self._visibility(bev, surface.logits, valid, batch)
         row_valid = surface.bev_valid.flatten(1)
         # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
         sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
@@ -184,10 +200,14 @@ class FineMatch(nn.Module):
         coupling = self.dustbin(sim, row_valid, window)
         if window is not None:  # the losses see what the coupling saw
             sim = torch.where(window, sim, sim.new_tensor(NO_MATCH_SCORE))
-        # 7. Windowed expected match of every BEV cell; weighted Procrustes, prior composed.
-        pred = self._localize(coupling.probs, batch, grid_hw)
+        # 7. Windowed expected match of every BEV cell (weighted by its visibility);
+        # weighted Procrustes, prior composed.
+        seen = None if seen_logits is None else torch.sigmoid(seen_logits.float())
+        pred = self._localize(coupling.probs, batch, grid_hw, seen)
+        extra = {} if seen is None else {"visibility": seen, "visibility_logits": seen_logits}
         return {
             **pred,
+            **extra,
             "match_height_m": surface.height_m.flatten(1),
             "surface_height_m": surface.height_m[:, None],
             "height_logits": surface.logits,
@@ -199,13 +219,19 @@ class FineMatch(nn.Module):
         }
 
     def _localize(
-        self, probs: torch.Tensor, batch: dict[str, Any], grid_hw: tuple[int, int]
+        self,
+        probs: torch.Tensor,
+        batch: dict[str, Any],
+        grid_hw: tuple[int, int],
+        seen: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """Coupling (B, N + 1, M + 1) -> the pose and match keys of the prediction."""
+        """Coupling (B, N + 1, M + 1), visibility (B, 1, H, W) or None -> pose and matches."""
         cfg = self.config
         dst_uv, weight = extract_matches(
             probs[:, :-1, :-1], grid_hw, cfg.stride, cfg.matching.window_radius
         )
+        if seen is not None:  # learned from its own target only, not through the pose
+            weight = weight * seen.detach().flatten(1)
         src_uv = satellite_grid_uv(*grid_hw, cfg.stride, dst_uv.dtype, dst_uv.device)
         src_uv = src_uv.reshape(1, -1, 2).expand(probs.shape[0], -1, -1)
         geo = (batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior"))
@@ -234,6 +260,23 @@ class FineMatch(nn.Module):
                 "to match against the whole map"
             )
         return prior_window_mask(grid_hw, self.config.stride, *(batch[k] for k in keys))
+
+    def _visibility(
+        self,
+        bev: torch.Tensor,
+        height_logits: torch.Tensor,
+        bin_valid: torch.Tensor,
+        batch: dict[str, Any],
+    ) -> torch.Tensor | None:
+        """Visibility logits (B, 1, H, W), or None without the head."""
+        if self.visibility is None:
+            return None
+        H, W = bev.shape[-2:]
+        stride = self.config.stride
+        cells = satellite_grid_uv(H, W, stride, torch.float32, bev.device)  # H,W,2
+        offset = cells[None] - batch["camera_uv_prior"].float()[:, None, None]
+        range_cells = offset.norm(dim=-1)[:, None] / (stride * max(H, W))
+        return self.visibility(bev, height_logits, bin_valid, range_cells)
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)
