@@ -261,6 +261,10 @@ class EvalConfig:
         refine_shift_m: the prior's position bound declared to the passes after the first
             (metres; None keeps the data's).
         refine_yaw_deg: the same for the heading bound (degrees).
+        refine_align_shift_m: if set, the second pass starts from the first pass's rigid
+            alignment of its whole BEV (FineMatch's ``align_uv_pred``; the prior heading)
+            with this position bound (metres), not from its estimate (needs
+            ``refine_passes`` >= 2).
         classical_refine: end with the classical NCC search inside a small window around
             the estimate (:class:`cvloc.models.refinement.ClassicalRefinement`; our
             addition to both papers).
@@ -277,6 +281,7 @@ class EvalConfig:
     refine_passes: int = 1
     refine_shift_m: float | None = None
     refine_yaw_deg: float | None = None
+    refine_align_shift_m: float | None = None
     classical_refine: bool = False
     classical_shift_m: float = 2.0
     classical_yaw_deg: float = 2.0
@@ -294,10 +299,16 @@ class EvalConfig:
                 "refine_passes",
                 "refine_shift_m",
                 "refine_yaw_deg",
+                "refine_align_shift_m",
                 "classical_shift_m",
                 "classical_yaw_deg",
             ),
         )
+        if self.refine_align_shift_m is not None and self.refine_passes < 2:
+            raise ValueError(
+                "eval.refine_align_shift_m needs eval.refine_passes >= 2 (the alignment of "
+                f"the first pass starts the second), got refine_passes={self.refine_passes}"
+            )
 
 
 @dataclass

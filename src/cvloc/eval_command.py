@@ -102,6 +102,13 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
         help="heading bound declared to passes after the first (degrees)",
     )
     group.add_argument(
+        "--refine-align-shift-m",
+        type=float,
+        metavar="M",
+        help="start the second pass from the first's rigid BEV alignment (FineMatch), with "
+        "this position bound (metres)",
+    )
+    group.add_argument(
         "--classical-refine",
         action=argparse.BooleanOptionalAction,
         help="end with the classical NCC search in a window around the estimate",

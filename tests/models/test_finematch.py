@@ -15,6 +15,7 @@ from cvloc.engine.builders import build_model
 from cvloc.evaluate import evaluate, lift_matches_to_ground
 from cvloc.geometry.checks import ShapeError
 from cvloc.models import FineMatch, FineMatchConfig
+from cvloc.models.corr import alignment_camera_uv
 from cvloc.models.encoders import EncoderConfig
 from cvloc.models.matching import NO_MATCH_SCORE, MatchingConfig, prior_window_mask
 from cvloc.models.refinement import move_sources
@@ -123,6 +124,31 @@ class TestFineMatch:
         seen.train()
         seen(batch)["camera_xy_pred"].sum().backward()
         assert all(q.grad is None for q in seen.visibility.parameters())
+
+    def test_alignment_is_the_best_rigid_shift_over_the_windowed_similarity(self):
+        # align_uv_pred: template matching of the seen BEV cells over the refined
+        # similarity, entries outside the prior window counting 0 (cvloc.models.corr).
+        torch.manual_seed(0)
+        model = FineMatch(TINY).eval()
+        batch = make_batch("pinhole", B=2, sat=128)
+        with torch.no_grad():
+            out = model(batch)
+            sim = out["similarity"]
+            windowed = torch.where(sim > NO_MATCH_SCORE / 2, sim, 0.0)
+            expected = alignment_camera_uv(
+                windowed, out["bev_valid"][:, 0], batch["camera_uv_prior"],
+                batch["shift_range_m"] * math.sqrt(2.0), batch["m_per_px"], 8,
+            )  # fmt: skip
+        torch.testing.assert_close(out["align_uv_pred"], expected)
+        # Whole cells: the shift is a multiple of the stride; without bounds, no alignment.
+        shift = (out["align_uv_pred"] - batch["camera_uv_prior"]) / 8
+        torch.testing.assert_close(shift, shift.round())
+        no_bounds = {k: v for k, v in batch.items() if k != "shift_range_m"}
+        unwindowed = dataclasses.replace(TINY.matching, prior_window=False)
+        no_window = FineMatch(tiny(matching=unwindowed))
+        no_window.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            assert "align_uv_pred" not in no_window.eval()(no_bounds)
 
     def test_stride_4(self):
         torch.manual_seed(0)

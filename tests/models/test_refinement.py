@@ -102,6 +102,42 @@ def test_second_pass_starts_from_the_first_estimate_with_narrowed_bounds(finemat
     assert not torch.allclose(wide["match_weight"], second["match_weight"])
 
 
+def test_second_pass_can_start_from_the_first_pass_alignment(finematch, denseflow):
+    # eval.refine_align_shift_m: the second pass starts from align_uv_pred at the prior
+    # heading, bounded by that shift and the batch's heading bound; the third from the
+    # second's estimate with the refinement bounds.
+    batch = make_batch(B=2, seed=4)
+    batch["shift_range_m"] = torch.tensor([20.0, 2.0])
+    batch["yaw_range_deg"] = torch.tensor([10.0, 10.0])
+    settings = EvalConfig(
+        refine_passes=3, refine_shift_m=4.0, refine_yaw_deg=3.0, refine_align_shift_m=6.0
+    )
+    with torch.inference_mode():
+        out = refined(finematch, settings)(batch)
+        first = finematch(batch)
+        aligned = dict(
+            batch,
+            camera_uv_prior=first["align_uv_pred"],
+            shift_range_m=torch.tensor([6.0, 2.0]),  # never widened
+        )
+        second = finematch(aligned)
+        third = finematch(
+            dict(
+                aligned,
+                camera_uv_prior=second["camera_uv_pred"],
+                yaw_deg_prior=second["yaw_deg_pred"],
+                shift_range_m=torch.tensor([4.0, 2.0]),
+                yaw_range_deg=torch.tensor([3.0, 3.0]),
+            )
+        )
+    for key in ("camera_uv_pred", "yaw_deg_pred", "match_dst_uv", "match_weight"):
+        torch.testing.assert_close(out[key], third[key])
+    # The alignment is not the first estimate: the test tells the two starts apart.
+    assert not torch.allclose(first["align_uv_pred"], first["camera_uv_pred"])
+    with pytest.raises(KeyError, match="align_uv_pred"), torch.inference_mode():
+        PriorRefinement(denseflow, passes=2, align_shift_m=5.0)(batch)  # no alignment
+
+
 def test_known_heading_stays_known(finematch):
     batch = make_batch(B=2, seed=2)
     batch["yaw_range_deg"] = torch.zeros(2)
@@ -137,7 +173,8 @@ def test_moved_sources_keep_their_ground_pixels(denseflow):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"passes": 0}, "passes"), ({"shift_range_m": 0.0}, "shift_range_m"),
-     ({"yaw_range_deg": -1.0}, "yaw_range_deg")],
+     ({"yaw_range_deg": -1.0}, "yaw_range_deg"), ({"align_shift_m": 0.0}, "align_shift_m"),
+     ({"passes": 1, "align_shift_m": 5.0}, "needs passes >= 2")],
 )  # fmt: skip
 def test_bad_settings_are_refused(denseflow, kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -149,6 +186,8 @@ def test_eval_config_checks_the_refinement_fields():
         EvalConfig(refine_passes=0)
     with pytest.raises(ValueError, match=r"eval\.refine_yaw_deg"):
         EvalConfig(refine_yaw_deg=0.0)
+    with pytest.raises(ValueError, match=r"refine_align_shift_m needs eval\.refine_passes >= 2"):
+        EvalConfig(refine_align_shift_m=5.0)
 
 
 class FixedEstimate(torch.nn.Module):

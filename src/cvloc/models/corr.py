@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.checks import ShapeError, check_shape
 
 
@@ -143,3 +144,46 @@ def shifted_match_scores(
         sampled = sampled.reshape(B, H * W, -1)
         w = weight.float().reshape(B, H * W, 1)
         return (sampled * w).sum(1) / w.sum(1).clamp(min=1e-6)
+
+
+def alignment_camera_uv(
+    correlation: torch.Tensor,
+    weight: torch.Tensor,
+    camera_uv_prior: torch.Tensor,
+    reach_m: torch.Tensor,
+    m_per_px: torch.Tensor,
+    stride: int,
+) -> torch.Tensor:
+    """Camera position of the best rigid shift of the BEV over a BEV-satellite score matrix.
+
+    Template matching: every shift of the BEV (placed at the prior, on the satellite
+    feature grid) by whole cells up to ``ceil(reach_m / (m_per_px stride))`` is scored by
+    :func:`shifted_match_scores` (the weighted mean score of the BEV cells at their shifted
+    cells); the camera moves with the best shift. Rotation is not searched. Not
+    differentiable (argmax).
+
+    Convention: satellite pixels (u, v), integer pixel centres; the BEV grid is the
+    satellite feature grid (cell n = i W + j).
+
+    Args:
+        correlation: (B, H W, H W) scores of BEV cell n against satellite cell m.
+        weight: (B, H, W) non-negative weight of every BEV cell (its visibility).
+        camera_uv_prior: (B, 2) the prior camera position.
+        reach_m: (B,) the largest shift searched, metres (the batch's largest is used).
+        m_per_px: (B,) ground sampling distance.
+        stride: satellite pixels per cell.
+
+    Returns:
+        (B, 2) camera positions in satellite pixels.
+    """
+    B, H, W = weight.shape
+    reach = reach_m.float() / (m_per_px.float() * stride)
+    radius = math.ceil(float(reach.max())) if B else 0
+    cells = satellite_grid_uv(H, W, dtype=torch.float32, device=weight.device)
+    cells = cells.permute(2, 0, 1)[None].expand(B, -1, -1, -1)  # zero flow: a cell itself
+    with torch.no_grad():
+        scores = shifted_match_scores(correlation.detach(), (H, W), cells, weight, radius)
+    best = scores.argmax(1)
+    side = 2 * radius + 1
+    shift = torch.stack([best % side - radius, best // side - radius], dim=-1)
+    return camera_uv_prior.float() + shift.float() * stride

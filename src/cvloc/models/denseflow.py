@@ -25,7 +25,7 @@ from torch import nn
 
 from cvloc.geometry.bev import satellite_grid_uv
 from cvloc.geometry.geo import pixel_to_world_xy
-from cvloc.models.corr import CorrPyramid, shifted_match_scores
+from cvloc.models.corr import CorrPyramid, alignment_camera_uv
 from cvloc.models.encoders import (
     OUTPUT_STRIDE,
     OUTPUT_STRIDES,
@@ -265,7 +265,8 @@ class DenseFlow(nn.Module):
         the prior) by whole feature cells up to the prior's position noise,
         ``ceil(shift_range_m sqrt(2) / (m_per_px stride))`` cells, is scored by
         :func:`cvloc.models.corr.shifted_match_scores` over the visible cells; the camera
-        moves with the best one. Rotation is not searched. Not differentiable (argmax).
+        moves with the best one (:func:`cvloc.models.corr.alignment_camera_uv`). Rotation is
+        not searched. Not differentiable (argmax).
 
         Convention: satellite pixels (u, v), integer pixel centres.
 
@@ -277,17 +278,11 @@ class DenseFlow(nn.Module):
         Returns:
             (B, 2) camera positions in satellite pixels.
         """
-        B, H, W = valid.shape
-        s = self.config.stride
-        reach = batch["shift_range_m"].float() * math.sqrt(2.0) / (batch["m_per_px"].float() * s)
-        radius = math.ceil(float(reach.max())) if B else 0
-        cells = _cell_coords(B, (H, W), valid.device)
-        with torch.no_grad():
-            scores = shifted_match_scores(correlation.detach(), (H, W), cells, valid, radius)
-        best = scores.argmax(1)
-        side = 2 * radius + 1
-        shift = torch.stack([best % side - radius, best // side - radius], dim=-1)
-        return batch["camera_uv_prior"].float() + shift.float() * s
+        reach_m = batch["shift_range_m"].float() * math.sqrt(2.0)
+        return alignment_camera_uv(
+            correlation, valid, batch["camera_uv_prior"], reach_m, batch["m_per_px"],
+            self.config.stride,
+        )  # fmt: skip
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
         return cuda_autocast(self.config.mixed_precision, self.config.amp_dtype, device)

@@ -9,7 +9,10 @@ degrees smears the far cells by metres, which is the error left after one pass.
 pass after the first may also narrow the prior's declared noise bounds
 (``shift_range_m``, ``yaw_range_deg``): FineMatch then matches only inside the smaller
 window (:func:`cvloc.models.matching.prior_window_mask`), DenseFlow's alignment search
-looks only that far. A known heading (``yaw_range_deg`` 0) stays known.
+looks only that far. A known heading (``yaw_range_deg`` 0) stays known. For FineMatch the
+second pass may instead start from the first pass's alignment (``align_shift_m``): the
+best rigid shift of its whole BEV, a consensus of all cells that fails less often than
+the pose fitted to the per-cell matches when the prior is far off.
 
 This is our addition to both papers, off unless asked for (``eval.refine_passes``), and
 reported as its own row in the benchmarks.
@@ -50,6 +53,7 @@ REFINE_FIELDS = (
     "refine_passes",
     "refine_shift_m",
     "refine_yaw_deg",
+    "refine_align_shift_m",
     "classical_refine",
     "classical_shift_m",
     "classical_yaw_deg",
@@ -107,6 +111,10 @@ class PriorRefinement(nn.Module):
         shift_range_m: the position noise bound declared to passes after the first
             (never widened beyond the batch's); None keeps the batch's.
         yaw_range_deg: the same for the heading; a known heading (0) stays 0.
+        align_shift_m: if set, the second pass starts from the first pass's alignment
+            (``align_uv_pred``: the best rigid shift of its whole BEV, a FineMatch output)
+            at the prior heading, with this position bound and the batch's heading bound,
+            instead of from its estimate; the passes after it as above. Needs passes >= 2.
     """
 
     def __init__(
@@ -115,15 +123,21 @@ class PriorRefinement(nn.Module):
         passes: int = 2,
         shift_range_m: float | None = None,
         yaw_range_deg: float | None = None,
+        align_shift_m: float | None = None,
     ) -> None:
         super().__init__()
         if passes < 1:
             raise ValueError(f"expected passes >= 1, got {passes}")
-        for name, value in (("shift_range_m", shift_range_m), ("yaw_range_deg", yaw_range_deg)):
+        bounds = (("shift_range_m", shift_range_m), ("yaw_range_deg", yaw_range_deg),
+                  ("align_shift_m", align_shift_m))  # fmt: skip
+        for name, value in bounds:
             if value is not None and not value > 0:
                 raise ValueError(f"expected {name} > 0 or None, got {value}")
+        if align_shift_m is not None and passes < 2:
+            raise ValueError(f"align_shift_m needs passes >= 2, got {passes}")
         self.model, self.passes = model, passes
         self.shift_range_m, self.yaw_range_deg = shift_range_m, yaw_range_deg
+        self.align_shift_m = align_shift_m
         self.required_keys = getattr(model, "required_keys", ())
 
     def forward(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -138,8 +152,11 @@ class PriorRefinement(nn.Module):
         """
         current = batch
         pred = self.model(current)
-        for _ in range(self.passes - 1):
-            current = self._next_prior(batch, pred)
+        for k in range(self.passes - 1):
+            if k == 0 and self.align_shift_m is not None:
+                current = self._aligned_prior(batch, pred)
+            else:
+                current = self._next_prior(batch, pred)
             pred = self.model(current)
         out = {key: pred[key] for key in (*POSE_KEYS, *MATCH_KEYS) if key in pred}
         if "match_src_uv" in out and current is not batch:
@@ -154,6 +171,16 @@ class PriorRefinement(nn.Module):
     def _next_prior(self, batch: dict[str, Any], pred: dict[str, Any]) -> dict[str, Any]:
         """The batch with its prior replaced by ``pred`` and its bounds narrowed."""
         return prior_from_estimate(batch, pred, self.shift_range_m, self.yaw_range_deg)
+
+    def _aligned_prior(self, batch: dict[str, Any], pred: dict[str, Any]) -> dict[str, Any]:
+        """The batch with its prior moved to the first pass's alignment (heading kept)."""
+        if "align_uv_pred" not in pred:
+            raise KeyError(
+                "refinement from the alignment (eval.refine_align_shift_m) needs a model that "
+                "returns align_uv_pred (FineMatch) and shift_range_m in the batch"
+            )
+        aligned = {"camera_uv_pred": pred["align_uv_pred"], "yaw_deg_pred": batch["yaw_deg_prior"]}
+        return prior_from_estimate(batch, aligned, self.align_shift_m, None)
 
 
 class ClassicalRefinement(nn.Module):
@@ -292,6 +319,7 @@ def refined(model: nn.Module, eval_config: Any) -> nn.Module:
             eval_config.refine_passes,
             eval_config.refine_shift_m,
             eval_config.refine_yaw_deg,
+            eval_config.refine_align_shift_m,
         )
     if eval_config.classical_refine:
         model = ClassicalRefinement(
