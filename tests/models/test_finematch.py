@@ -137,12 +137,14 @@ class TestFineMatch:
             windowed = torch.where(sim > NO_MATCH_SCORE / 2, sim, 0.0)
             expected = alignment_camera_uv(
                 windowed, out["bev_valid"][:, 0], batch["camera_uv_prior"],
-                batch["shift_range_m"] * math.sqrt(2.0), batch["m_per_px"], 8,
+                batch["shift_range_m"], batch["m_per_px"], 8,
             )  # fmt: skip
         torch.testing.assert_close(out["align_uv_pred"], expected)
         # Whole cells: the shift is a multiple of the stride; without bounds, no alignment.
         shift = (out["align_uv_pred"] - batch["camera_uv_prior"]) / 8
         torch.testing.assert_close(shift, shift.round())
+        bound = torch.ceil(batch["shift_range_m"] / (batch["m_per_px"] * 8))  # cells, per axis
+        assert (shift.abs() <= bound[:, None]).all()
         no_bounds = {k: v for k, v in batch.items() if k != "shift_range_m"}
         unwindowed = dataclasses.replace(TINY.matching, prior_window=False)
         no_window = FineMatch(tiny(matching=unwindowed))

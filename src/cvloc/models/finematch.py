@@ -13,7 +13,6 @@ DenseFlow and the lifting is geometric, so the two methods differ only in what f
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -131,8 +130,8 @@ class FineMatch(nn.Module):
       the probability that the cell's lifted ground pixel sees the cell; it multiplies
       the cell's match weight.
     - ``align_uv_pred`` (B, 2), with ``shift_range_m`` in the batch: the camera moved by
-      the best whole-cell shift of the BEV over the refined similarity, within the
-      prior's position noise (:func:`cvloc.models.corr.alignment_camera_uv`; seen cells,
+      the best whole-cell shift of the BEV over the refined similarity, up to the prior's
+      position bound along each axis (:func:`cvloc.models.corr.alignment_camera_uv`; seen cells,
       weighted by their visibility). Rotation is not searched.
 
     Args:
@@ -295,10 +294,11 @@ class FineMatch(nn.Module):
         weight = row_valid.unflatten(1, grid_hw).float()
         if seen is not None:
             weight = weight * seen[:, 0]
-        reach_m = batch["shift_range_m"].float() * math.sqrt(2.0)
+        # The prior's bound is per axis (east, north): shifts beyond it are ruled out.
         camera_uv = alignment_camera_uv(
-            sim, weight, batch["camera_uv_prior"], reach_m, batch["m_per_px"], self.config.stride
-        )
+            sim, weight, batch["camera_uv_prior"], batch["shift_range_m"], batch["m_per_px"],
+            self.config.stride,
+        )  # fmt: skip
         return {"align_uv_pred": camera_uv}
 
     def _visibility(
