@@ -8,6 +8,9 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this directory firs
 - the results file: :func:`machine` (and :func:`cpu_model`), :func:`run_settings`,
   :func:`write_json` (paths made :func:`portable`), :func:`write_results` (JSON and tables);
 - the data and the model: :func:`synthetic_split`, :func:`load_or_exit`;
+- the match diagnoses on val pairs (``match_errors.py``, ``match_ranking.py``,
+  ``match_stages.py``): :func:`add_val_pair_args`, :func:`val_pairs`,
+  :func:`without_classical`;
 - the scaffolding of the ablation scripts (``denseflow_ablations.py``,
   ``finematch_ablations.py``): :func:`add_ablation_args`, :func:`budget_schedule`,
   :func:`ablation_overrides`, :func:`ablation_settings`, :func:`finished_variants`,
@@ -19,6 +22,7 @@ The scripts run as ``python benchmarks/NAME.py``, which puts this directory firs
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -38,6 +42,7 @@ from cvloc.demo import evaluate_classical, write_synthetic_pairs
 from cvloc.evaluate import evaluate
 from cvloc.metrics import metrics_to_json
 from cvloc.models.baselines import PriorBaseline
+from cvloc.models.refinement import refined
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
@@ -149,6 +154,48 @@ def synthetic_split(
     """
     out = data_dir / f"{preset}-{split}-{area}-s{seed}-n{num}"
     return write_synthetic_pairs(out, num, seed, workers, preset, area, split)
+
+
+def add_val_pair_args(parser: argparse.ArgumentParser, out_name: str) -> None:
+    """The options of a match diagnosis on same-area val pairs (never the test split).
+
+    ``--preset``, ``--num``, ``--seed``, ``--workers``, ``--threads``, ``--data-dir`` (read
+    by :func:`val_pairs`) and ``--out`` (default ``RESULTS / out_name``).
+
+    Args:
+        parser: the script's parser.
+        out_name: the results file's name.
+    """
+    parser.add_argument("--preset", default="kitti-small", help="synthetic preset")
+    parser.add_argument("--num", type=int, default=100, help="val pairs (same area)")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
+    parser.add_argument("--workers", type=int, default=1, help="pair generator processes")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
+    parser.add_argument("--out", type=Path, default=RESULTS / out_name, help="JSON")
+
+
+def val_pairs(args: argparse.Namespace) -> PairsDataset:
+    """Set the torch threads and return the val pairs of :func:`add_val_pair_args`' options."""
+    torch.set_num_threads(args.threads)
+    return synthetic_split(args.preset, "val", "same", args.num, args.seed, args.workers,
+                           args.data_dir)  # fmt: skip
+
+
+def without_classical(model: nn.Module, eval_config: Any) -> nn.Module:
+    """The model as its weights run it, without the classical refinement: its matches.
+
+    The classical refinement moves the pose and never the matches, so the match
+    diagnoses leave its search out; the refinement passes stay.
+
+    Args:
+        model: a localizer.
+        eval_config: its :class:`cvloc.config.EvalConfig`.
+
+    Returns:
+        The localizer, in eval mode.
+    """
+    return refined(model, dataclasses.replace(eval_config, classical_refine=False)).eval()
 
 
 def load_or_exit(checkpoint: str) -> tuple[torch.nn.Module, Any]:

@@ -34,10 +34,8 @@ the Markdown tables beside it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import itertools
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,18 +44,18 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common import (
-    DATA_DIR,
-    RESULTS,
+    add_val_pair_args,
     load_or_exit,
     markdown_table,
     run_settings,
-    synthetic_split,
+    val_pairs,
+    without_classical,
     write_results,
 )
 from cvloc.data.batch import camera_xy, collate
 from cvloc.evaluate import match_gt_sat_uv
 from cvloc.metrics import MATCH_TOP_K, match_precision
-from cvloc.models.refinement import move_sources, refined
+from cvloc.models.refinement import move_sources
 
 THRESHOLD_PX = 15.0
 BINS_M = (0.0, 1.0, 3.0, 10.0, math.inf)
@@ -139,26 +137,18 @@ def main() -> None:
         default=["finematch-synth-kitti-small", "denseflow-synth-kitti-small"],
         help="weights names or files",
     )
-    parser.add_argument("--preset", default="kitti-small", help="synthetic preset")
-    parser.add_argument("--num", type=int, default=100, help="val pairs")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
     parser.add_argument("--good-m", type=float, default=3.0, help="well-localised below this")
     parser.add_argument("--occluder-m", type=float, default=3.0, help="occluder this much nearer")
-    parser.add_argument("--workers", type=int, default=1, help="pair generator processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
-    parser.add_argument("--out", type=Path, default=RESULTS / "match_errors.json", help="JSON")
+    add_val_pair_args(parser, "match_errors.json")
     args = parser.parse_args()
     if not args.good_m > 0 or not args.occluder_m > 0:
         raise SystemExit("--good-m and --occluder-m must be positive")
-    torch.set_num_threads(args.threads)
-    val = synthetic_split(args.preset, "val", "same", args.num, args.seed, args.workers,
-                          args.data_dir)  # fmt: skip
+    val = val_pairs(args)
     results: dict[str, Any] = {"settings": run_settings(args)}
     bin_rows, split_rows = [], []
     for checkpoint in args.checkpoints:
         model, cfg = load_or_exit(checkpoint)
-        localizer = refined(model, dataclasses.replace(cfg.eval, classical_refine=False)).eval()
+        localizer = without_classical(model, cfg.eval)
         pairs = []
         with torch.inference_mode():
             for batch in tqdm(DataLoader(val, batch_size=1, collate_fn=collate), desc=checkpoint):

@@ -25,26 +25,23 @@ metrics}}) and the Markdown table beside it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from common import (
-    DATA_DIR,
-    RESULTS,
+    add_val_pair_args,
     load_or_exit,
     markdown_table,
     run_settings,
-    synthetic_split,
+    val_pairs,
+    without_classical,
     write_results,
 )
 from cvloc.evaluate import evaluate, match_gt_sat_uv
 from cvloc.geometry.pose import apply_rigid_2d
 from cvloc.geometry.procrustes import weighted_procrustes_2d
-from cvloc.models.refinement import refined
 
 RANKINGS = ("model", "pose-consistent", "oracle")
 THRESHOLDS = ("5px", "10px", "15px")
@@ -95,27 +92,18 @@ def main() -> None:
         default=["finematch-synth-kitti-small", "denseflow-synth-kitti-small"],
         help="weights names or files",
     )
-    parser.add_argument("--preset", default="kitti-small", help="synthetic preset")
-    parser.add_argument("--num", type=int, default=100, help="val pairs")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
     parser.add_argument("--sigma-px", type=float, default=4.0, help="pose-consistent scale")
     parser.add_argument("--oracle-min-score", type=float, default=1e-3, help="oracle floor")
-    parser.add_argument("--workers", type=int, default=1, help="pair generator processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
-    parser.add_argument("--out", type=Path, default=RESULTS / "match_ranking.json", help="JSON")
+    add_val_pair_args(parser, "match_ranking.json")
     args = parser.parse_args()
     if not args.sigma_px > 0:
         raise SystemExit(f"--sigma-px must be positive, got {args.sigma_px}")
-    torch.set_num_threads(args.threads)
-    val = synthetic_split(args.preset, "val", "same", args.num, args.seed, args.workers,
-                          args.data_dir)  # fmt: skip
+    val = val_pairs(args)
     results: dict[str, Any] = {"settings": run_settings(args)}
     rows = []
     for checkpoint in args.checkpoints:
         model, cfg = load_or_exit(checkpoint)
-        # The classical refinement moves the pose, never the matches: leave its search out.
-        localizer = refined(model, dataclasses.replace(cfg.eval, classical_refine=False))
+        localizer = without_classical(model, cfg.eval)
         results[checkpoint] = {}
         for ranking in RANKINGS:
             wrapped = Reranked(localizer, ranking, args.sigma_px, args.oracle_min_score)

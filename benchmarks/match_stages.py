@@ -26,8 +26,6 @@ metrics}}) and the Markdown table beside it.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,12 +33,12 @@ from torch import nn
 from tqdm import tqdm
 
 from common import (
-    DATA_DIR,
-    RESULTS,
+    add_val_pair_args,
     load_or_exit,
     markdown_table,
     run_settings,
-    synthetic_split,
+    val_pairs,
+    without_classical,
     write_results,
 )
 from cvloc.data.batch import collate
@@ -50,7 +48,6 @@ from cvloc.metrics import aggregate_match_precision
 from cvloc.models.inputs import known_heading
 from cvloc.models.matching import prior_window_mask
 from cvloc.models.pose_head import pose_from_flow
-from cvloc.models.refinement import refined
 
 THRESHOLDS = ("5px", "10px", "15px")
 
@@ -131,9 +128,7 @@ def run_finematch(model: nn.Module, eval_config: Any, pairs: Any) -> dict[str, l
     passes = eval_config.refine_passes
     variants = {
         "FineMatch, one pass": model,
-        f"FineMatch, {passes} passes (shipped)": refined(
-            model, dataclasses.replace(eval_config, classical_refine=False)
-        ),
+        f"FineMatch, {passes} passes (shipped)": without_classical(model, eval_config),
     }
     rows: dict[str, list[Any]] = {}
     for name, localizer in variants.items():
@@ -154,17 +149,9 @@ def main() -> None:
     )
     parser.add_argument("--denseflow", default="denseflow-synth-kitti-small", help="weights")
     parser.add_argument("--finematch", default="finematch-synth-kitti-small", help="weights")
-    parser.add_argument("--preset", default="kitti-small", help="synthetic preset")
-    parser.add_argument("--num", type=int, default=100, help="val pairs (same area)")
-    parser.add_argument("--seed", type=int, default=0, help="synthetic world seed")
-    parser.add_argument("--workers", type=int, default=1, help="pair generator processes")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads")
-    parser.add_argument("--data-dir", type=Path, default=DATA_DIR, help="pairs directories")
-    parser.add_argument("--out", type=Path, default=RESULTS / "match_stages.json", help="JSON")
+    add_val_pair_args(parser, "match_stages.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    val = synthetic_split(args.preset, "val", "same", args.num, args.seed, args.workers,
-                          args.data_dir)  # fmt: skip
+    val = val_pairs(args)
     denseflow, _ = load_or_exit(args.denseflow)
     finematch, fm_cfg = load_or_exit(args.finematch)
     per_sample = {**run_denseflow(denseflow, val), **run_finematch(finematch, fm_cfg.eval, val)}
