@@ -92,7 +92,7 @@ def run_method(
     A learned method runs as its weights' test-time settings say (``eval.refine_*``,
     :func:`cvloc.models.refinement.refined`), as ``cvloc eval`` runs it, except that the
     classical refinement is on exactly for the ``+classical`` names; the metrics record
-    ``refine_passes`` and ``classical_refine``.
+    ``refine_passes``, ``classical_refine``, ``classical_rematch`` and ``match_upsample``.
 
     Args:
         name: one of :data:`METHODS`.
@@ -120,6 +120,8 @@ def run_method(
         "refine_passes": settings.refine_passes,
         "classical_refine": settings.classical_refine,
         **({"classical_window": window} if settings.classical_refine else {}),
+        "classical_rematch": settings.classical_refine and settings.classical_rematch,
+        "match_upsample": settings.match_upsample,
     }
 
 

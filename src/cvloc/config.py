@@ -270,6 +270,12 @@ class EvalConfig:
             addition to both papers).
         classical_shift_m: that window's position half-range per axis (metres).
         classical_yaw_deg: its heading half-range (degrees; a known heading stays known).
+        classical_rematch: then run the model once more, placed at the search's pose inside
+            that window, and report its matches (the pose stays the search's); no effect
+            without ``classical_refine``.
+        match_upsample: interpolate the matches this many times more densely along each
+            axis (:class:`cvloc.models.dense_matches.DenseMatches`; 1: the model's own
+            sources). Moves no pose; for the correspondences and their metrics.
     """
 
     split: str = "test"
@@ -285,6 +291,8 @@ class EvalConfig:
     classical_refine: bool = False
     classical_shift_m: float = 2.0
     classical_yaw_deg: float = 2.0
+    classical_rematch: bool = False
+    match_upsample: int = 1
 
     def __post_init__(self) -> None:
         check_fields(
@@ -302,6 +310,7 @@ class EvalConfig:
                 "refine_align_shift_m",
                 "classical_shift_m",
                 "classical_yaw_deg",
+                "match_upsample",
             ),
         )
         if self.refine_align_shift_m is not None and self.refine_passes < 2:

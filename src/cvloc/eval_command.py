@@ -125,6 +125,17 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DEG",
         help="that window's heading half-range (degrees)",
     )
+    group.add_argument(
+        "--classical-rematch",
+        action=argparse.BooleanOptionalAction,
+        help="then match once more at the search's pose (its matches are reported)",
+    )
+    group.add_argument(
+        "--match-upsample",
+        type=int,
+        metavar="F",
+        help="interpolate the matches F times more densely per axis (1: the model's own)",
+    )
 
 
 def refine_settings(args: argparse.Namespace, eval_config: Any) -> Any:

@@ -15,6 +15,7 @@ from cvloc.config import EvalConfig
 from cvloc.evaluate import lift_matches_to_ground
 from cvloc.geometry.geo import pixel_to_world_xy
 from cvloc.models import DenseFlow
+from cvloc.models.dense_matches import DenseMatches
 from cvloc.models.finematch import FineMatch
 from cvloc.models.refinement import ClassicalRefinement, PriorRefinement, move_sources, refined
 
@@ -273,3 +274,56 @@ def test_refined_composes_the_settings(denseflow):
     batch = {k: v for k, v in plane_batch().items() if k != "yaw_range_deg"}
     with pytest.raises(KeyError, match=r"misses keys \['yaw_range_deg'\]"):
         runner(batch)
+
+
+class PriorRecorder(torch.nn.Module):
+    """A stand-in single-pass model whose one match is its camera and which records its prior."""
+
+    def forward(self, batch):
+        self.seen = {k: batch[k].clone() for k in ("camera_uv_prior", "yaw_deg_prior",
+                                                    "shift_range_m", "yaw_range_deg")}  # fmt: skip
+        uv = batch["camera_uv_prior"]
+        return {
+            "camera_uv_pred": uv + 50.0,  # never used: the search's pose is the finer one
+            "camera_xy_pred": torch.zeros_like(uv),
+            "yaw_deg_pred": batch["yaw_deg_prior"] + 30.0,
+            "match_src_uv": uv[:, None].clone(),
+            "match_dst_uv": uv[:, None] + 1.0,
+            "match_weight": torch.ones(uv.shape[0], 1),
+        }
+
+
+def test_classical_rematch_matches_again_at_the_searched_pose():
+    batch = plane_batch()
+    recorder = PriorRecorder()
+    runner = ClassicalRefinement(FixedEstimate((1.0, -0.8), 1.5), 2.0, 3.0, rematch=recorder)
+    plain = ClassicalRefinement(FixedEstimate((1.0, -0.8), 1.5), 2.0, 3.0)
+    with torch.inference_mode():
+        out, searched = runner(batch), plain(batch)
+    for key in ("camera_uv_pred", "yaw_deg_pred", "classical_score"):  # the search's pose
+        assert torch.equal(out[key], searched[key])
+    # The rematch pass was placed at the searched pose, inside the window.
+    torch.testing.assert_close(recorder.seen["camera_uv_prior"], out["camera_uv_pred"])
+    torch.testing.assert_close(recorder.seen["yaw_deg_prior"], out["yaw_deg_pred"])
+    assert recorder.seen["shift_range_m"].item() == 2.0
+    assert recorder.seen["yaw_range_deg"].item() == 3.0
+    # Its source (the camera itself in that placement) moved to the batch's prior placement.
+    torch.testing.assert_close(
+        out["match_src_uv"][:, 0], batch["camera_uv_prior"].float(), atol=1e-3, rtol=0
+    )
+    assert out["match_weight"].shape == (1, 1)
+
+
+def test_refined_rematches_with_the_single_pass_model_and_densifies_last(finematch):
+    settings = EvalConfig(refine_passes=2, classical_refine=True, classical_rematch=True,
+                          match_upsample=4)  # fmt: skip
+    runner = refined(finematch, settings)
+    assert isinstance(runner, DenseMatches) and runner.factor == 4
+    classical = runner.model
+    assert isinstance(classical, ClassicalRefinement) and classical.rematch is finematch
+    assert isinstance(classical.model, PriorRefinement)
+    # Without the classical refinement the rematch has nothing to start from: no effect.
+    alone = refined(finematch, dataclasses.replace(settings, classical_refine=False))
+    assert isinstance(alone, DenseMatches) and isinstance(alone.model, PriorRefinement)
+    with pytest.raises(ValueError, match=r"eval\.match_upsample must be > 0"):
+        EvalConfig(match_upsample=0)
