@@ -35,7 +35,7 @@ on real imagery the NCC of gradients is weaker, so validate the window there bef
 With ``eval.classical_rematch`` the model then runs once more, placed at the search's pose
 inside the same window, and reports that pass's matches: its BEV is placed within
 decimetres wherever the search aligned, so its correspondences are read where it sees best.
-Chosen per model on validation pairs (kitti-small val top-30 P@15px: FineMatch 90.0 ->
+Chosen per model on validation pairs (kitti-small val top-30 P@15px: FineMatch 89.9 ->
 92.4 %, DenseFlow 94.7 -> 92.5 %, so DenseFlow's weights keep it off).
 """
 
