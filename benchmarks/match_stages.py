@@ -17,7 +17,8 @@ test split), with the CVFM-style precision of ``design.md``:
 - DenseFlow **after GRU iteration k** (k = 1 .. ``model.denseflow.iters``): the upsampled
   flow and confidence of that iteration, as the pose head samples them (eq. 3 weights);
 - FineMatch, **one pass**, and **as shipped** (its recorded refinement passes; the
-  classical refinement, which moves the pose and not the matches, left out).
+  classical refinement, which moves the pose and not the matches, left out), both at the
+  match density its weights record (``eval.match_upsample``).
 
 Writes ``benchmarks/results/match_stages.json`` ({"settings", "rows": {row: match
 metrics}}) and the Markdown table beside it.
@@ -26,6 +27,7 @@ metrics}}) and the Markdown table beside it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
 import torch
@@ -48,6 +50,7 @@ from cvloc.metrics import aggregate_match_precision
 from cvloc.models.inputs import known_heading
 from cvloc.models.matching import prior_window_mask
 from cvloc.models.pose_head import pose_from_flow
+from cvloc.models.refinement import refined
 
 THRESHOLDS = ("5px", "10px", "15px")
 
@@ -126,8 +129,11 @@ def run_denseflow(model: nn.Module, pairs: Any) -> dict[str, list[dict[str, Any]
 def run_finematch(model: nn.Module, eval_config: Any, pairs: Any) -> dict[str, list[Any]]:
     """Per-sample match precision of FineMatch in one pass and with its recorded passes."""
     passes = eval_config.refine_passes
+    one_pass = dataclasses.replace(
+        eval_config, refine_passes=1, refine_align_shift_m=None, classical_refine=False
+    )
     variants = {
-        "FineMatch, one pass": model,
+        "FineMatch, one pass": refined(model, one_pass),
         f"FineMatch, {passes} passes (shipped)": without_classical(model, eval_config),
     }
     rows: dict[str, list[Any]] = {}
