@@ -22,7 +22,6 @@ from cvloc.localize import LocalizeInputError, Localizer, Panorama, Pinhole, Pri
 from cvloc.localize_inputs import load_image
 from cvloc.localize_quality import pose_covariance
 
-SHIPPED = weights_dir() / "denseflow-synth-kitti-small.safetensors"
 EARTH_RADIUS_M = 6378137.0  # the Web Mercator sphere
 
 
@@ -145,12 +144,11 @@ def test_unknown_heading_runs_hypotheses_and_keeps_the_most_confident(pairs, che
     assert result.inputs["prior"]["uv"] == [127.5, 127.5]  # the tile centre
 
 
-@pytest.mark.skipif(
-    not SHIPPED.is_file(),
-    reason=f"{SHIPPED.name} is not shipped yet (the DenseFlow kitti-small model is training)",
-)
-def test_shipped_denseflow_localizes_better_than_the_prior(pairs):
-    localizer = Localizer.from_pretrained("denseflow-synth-kitti-small")
+@pytest.mark.parametrize("name", ["denseflow-synth-kitti-small", "finematch-synth-kitti-small"])
+def test_shipped_weights_localize_better_than_the_prior(pairs, name):
+    if not (weights_dir() / f"{name}.safetensors").is_file():
+        pytest.skip(f"{name} is not shipped in this checkout")
+    localizer = Localizer.from_pretrained(name)
     errors, prior_errors = [], []
     for index in range(2):
         directory, meta = sample(pairs, "kitti-small", index)
