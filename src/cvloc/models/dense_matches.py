@@ -8,16 +8,17 @@ matches one BEV cell per 8-pixel feature cell (about 50). The CVFM-style precisi
 the 30 best-scored matches of each pair, so a sparse matcher must rank a large share of
 its matches, a dense one only its best few: the two are compared on unequal terms.
 
-:class:`DenseMatches` gives any localizer's matches the density of DenseFlow's: the field
-is interpolated bilinearly between the sources, ``factor`` - 1 new sources between two
-neighbours along each axis (the grid's corners stay; nothing is extrapolated beyond the
-outermost sources). A new source moves by the weight-normalised interpolation of its
-neighbours' displacements (match minus source; a neighbour without weight, e.g. an unseen
-cell, does not pull it), its weight is the plain interpolation of theirs, and its surface
+:class:`DenseMatches` makes any localizer's matches denser (``factor`` 4 gives FineMatch
+DenseFlow's 2-pixel spacing): the field is interpolated bilinearly between the sources,
+``factor`` - 1 new sources between two neighbours along each axis (the grid's corners stay;
+nothing is extrapolated beyond the outermost sources). A new source moves by the
+weight-normalised interpolation of its neighbours' displacements (match minus source; a
+neighbour without weight, e.g. an unseen cell, does not pull it), its weight is the plain
+interpolation of theirs, and its surface
 height (``match_height_m``) the weight-normalised one. Where the weights are equal, an
 affine match field is reproduced exactly. Nothing is estimated anew: the pose, and every
-other key, stay the model's. Off unless asked for (``eval.match_upsample``); the benchmarks
-report both.
+other key, stay the model's. Off unless asked for (``eval.match_upsample``);
+``training/README.md`` records FineMatch's precision with and without it.
 """
 
 from __future__ import annotations

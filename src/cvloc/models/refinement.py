@@ -267,14 +267,15 @@ class ClassicalRefinement(nn.Module):
         pred["yaw_deg_pred"] = yaw.to(pred["yaw_deg_pred"])
         pred["classical_score"] = found["search_score"]
         if self.rematch is not None:
-            pred.update(self._rematch(batch, pred))
+            pred.update(self._rematch(self.rematch, batch, pred))
         return pred
 
-    def _rematch(self, batch: dict[str, Any], pred: dict[str, Any]) -> dict[str, Any]:
+    def _rematch(
+        self, rematch: nn.Module, batch: dict[str, Any], pred: dict[str, Any]
+    ) -> dict[str, Any]:
         """The match keys of one ``rematch`` pass at the refined pose, sources moved back."""
-        assert self.rematch is not None
         current = prior_from_estimate(batch, pred, self.shift_range_m, self.yaw_range_deg)
-        again = self.rematch(current)
+        again = rematch(current)
         out = {key: again[key] for key in MATCH_KEYS if key in again}
         if "match_src_uv" not in out:
             raise KeyError("eval.classical_rematch needs a model that returns match_src_uv")
