@@ -14,11 +14,11 @@ DenseFlow's 2-pixel spacing): the field is interpolated bilinearly between the s
 nothing is extrapolated beyond the outermost sources). A new source moves by the
 weight-normalised interpolation of its neighbours' displacements (match minus source; a
 neighbour without weight, e.g. an unseen cell, does not pull it), its weight is the plain
-interpolation of theirs, and its surface
-height (``match_height_m``) the weight-normalised one. Where the weights are equal, an
-affine match field is reproduced exactly. Nothing is estimated anew: the pose, and every
-other key, stay the model's. Off unless asked for (``eval.match_upsample``);
-``training/README.md`` records FineMatch's precision with and without it.
+interpolation of theirs, and its surface height (``match_height_m``) the weight-normalised
+one. Where the weights are equal, an affine match field is reproduced exactly. Nothing is
+estimated anew: the pose, and every other key, stay the model's. Off unless asked for
+(``eval.match_upsample``); ``training/README.md`` records FineMatch's precision with and
+without it.
 """
 
 from __future__ import annotations
