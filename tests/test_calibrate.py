@@ -34,6 +34,7 @@ from cvloc.config import config_to_dict, load_config
 from cvloc.data.pairs import PairsDataset
 from cvloc.engine.builders import build_model
 from cvloc.localize import Localizer, Pinhole, Prior
+from cvloc.models.dense_matches import DenseMatches
 from cvloc.models.refinement import ClassicalRefinement, PriorRefinement
 
 
@@ -331,3 +332,28 @@ def test_normalized_errors_skip_the_heading_of_known_heading_pairs(weights, pair
     assert len(d2) + missing == 2 and len(d2) >= 1 and len(z2) == 0
     free_d2, free_z2, _ = normalized_errors(model, data, batch_size=2)
     assert len(free_z2) == len(free_d2)
+
+
+def test_calibrate_records_dense_matches_and_the_rematch(weights, pairs, tmp_path, capsys):
+    out = tmp_path / "dense.safetensors"
+    args = ["calibrate", "--checkpoint", str(weights), "--data", str(pairs / "val")]
+    dense = ["--classical-refine", "--classical-rematch", "--match-upsample", "2"]
+    assert main([*args, "--out", str(out), "--batch-size", "2", *dense]) == 0
+    _, cfg = load_model(out)
+    assert (cfg.eval.match_upsample, cfg.eval.classical_rematch) == (2, True)
+    runner = Localizer.from_pretrained(out).model
+    assert isinstance(runner, DenseMatches) and runner.factor == 2
+    assert isinstance(runner.model, ClassicalRefinement) and runner.model.rematch is not None
+    # cvloc eval runs and records them unless told otherwise; bad values are refused.
+    evaluated = tmp_path / "m.json"
+    eval_args = ["eval", "--checkpoint", str(out), "--data", str(pairs / "val")]
+    assert main([*eval_args, "--json", str(evaluated)]) == 0
+    recorded = json.loads(evaluated.read_text())["refinement"]
+    assert (recorded["match_upsample"], recorded["classical_rematch"]) == (2, True)
+    off = ["--match-upsample", "1", "--no-classical-rematch"]
+    assert main([*eval_args, *off, "--json", str(evaluated)]) == 0
+    recorded = json.loads(evaluated.read_text())["refinement"]
+    assert (recorded["match_upsample"], recorded["classical_rematch"]) == (1, False)
+    capsys.readouterr()
+    assert main([*eval_args, "--match-upsample", "0"]) == 2
+    assert "--match-upsample must be > 0" in capsys.readouterr().err
