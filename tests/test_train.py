@@ -334,3 +334,23 @@ def test_frozen_modules_keep_weights_and_batchnorm_statistics(pairs, tmp_path):
     assert any("running_mean" in n and n.split(".")[0] in frozen for n in trained)
     with pytest.raises(ValueError, match=r"has no 'encoder'.*ground_encoder"):
         Trainer(tiny_config(pairs, tmp_path / "bad", "train.freeze_modules=[encoder]"), CPU)
+
+
+def test_near_priors_reach_the_model_and_repeat(pairs, tmp_path, monkeypatch):
+    seen = []
+    real = loop.redraw_near_prior
+
+    def spy(batch, *args):
+        out = real(batch, *args)
+        offset_m = (out["camera_uv_prior"] - out["camera_uv_gt"]).abs() * out["m_per_px"][:, None]
+        seen.append((offset_m, out["shift_range_m"].clone()))
+        return out
+
+    monkeypatch.setattr(loop, "redraw_near_prior", spy)
+    overrides = ("train.near_prior_fraction=1", "train.near_prior_shift_m=2")
+    losses, _ = run(tiny_config(pairs, tmp_path / "a", *overrides))
+    assert len(seen) == len(losses) == 4 and all(math.isfinite(v) for v in losses.values())
+    for offset_m, bound in seen:
+        assert offset_m.max() <= 2.0 + 1e-4 and torch.equal(bound, torch.full_like(bound, 2.0))
+    again, _ = run(tiny_config(pairs, tmp_path / "b", *overrides))
+    assert again == losses  # seeded by step: a rerun (or a resume) draws the same priors

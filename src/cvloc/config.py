@@ -169,6 +169,12 @@ class TrainConfig:
         freeze_modules: top-level sub-modules kept as they are: no gradients, and their
             BatchNorm layers in eval mode (running statistics used and kept), e.g. all of
             FineMatch but a new head.
+        near_prior_fraction: share of training items whose prior is redrawn near the truth
+            (:func:`cvloc.engine.near_prior.redraw_near_prior`): the regime of the
+            refinement passes after the first, which the data's prior never shows.
+        near_prior_shift_m: the redrawn prior's position noise and declared bound (per
+            axis, metres).
+        near_prior_yaw_deg: its heading noise and bound (degrees; a known heading stays).
         amp: autocast + gradient scaling on CUDA (ignored on CPU).
         device: ``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda"``.
         num_threads: CPU threads for torch (None keeps torch's default).
@@ -208,6 +214,9 @@ class TrainConfig:
     init_from: str | None = None
     init_modules: list[str] = field(default_factory=list)
     freeze_modules: list[str] = field(default_factory=list)
+    near_prior_fraction: float = 0.0
+    near_prior_shift_m: float = 5.0
+    near_prior_yaw_deg: float = 3.0
     amp: bool = False
     device: str = "auto"
     num_threads: int | None = None
@@ -234,6 +243,12 @@ class TrainConfig:
             raise ValueError(f"train.objective: one of {OBJECTIVES}, got {self.objective!r}")
         if min(self.corr_loss_weight, self.align_loss_weight, self.align_radius) < 0:
             raise ValueError("train.corr_loss_weight, align_loss_weight, align_radius: >= 0")
+        if not 0 <= self.near_prior_fraction <= 1:
+            raise ValueError(
+                f"train.near_prior_fraction must be in [0, 1], got {self.near_prior_fraction}"
+            )
+        if not (self.near_prior_shift_m > 0 and self.near_prior_yaw_deg > 0):
+            raise ValueError("train.near_prior_shift_m and near_prior_yaw_deg must be > 0")
         if self.init_modules and self.init_from is None:
             raise ValueError("train.init_modules needs train.init_from (the file to read)")
         if self.objective == "features" and not (self.corr_loss_weight or self.align_loss_weight):

@@ -31,6 +31,7 @@ from cvloc.engine.builders import build_model, build_optimizer, build_scheduler,
 from cvloc.engine.checkpoint import atomic_write, capture_rng_state, code_version
 from cvloc.engine.distributed import DistInfo, all_true, barrier, cleanup, init_distributed
 from cvloc.engine.logger import TrainLogger
+from cvloc.engine.near_prior import redraw_near_prior
 from cvloc.engine.state import (
     NonFiniteLossError,
     Optimization,
@@ -205,6 +206,13 @@ class Trainer:
         for module in self.frozen:  # BatchNorm uses and keeps its running statistics
             module.eval()
         batch = data_mod.to_device(batch, self.info.device)
+        tc = self.cfg.train
+        if tc.near_prior_fraction > 0:
+            # Seeded by step and rank: the same draws after a resume, different per rank.
+            seed = (tc.seed * 1_000_003 + self.state.step) * 1_009 + self.info.rank
+            rng = torch.Generator().manual_seed(seed)
+            batch = redraw_near_prior(batch, tc.near_prior_fraction, tc.near_prior_shift_m,
+                                      tc.near_prior_yaw_deg, rng)  # fmt: skip
         # A non-finite forward pass may already have written NaN into BatchNorm's running
         # statistics; keep the buffers so that a skipped step leaves no trace.
         buffers = [b.clone() for b in self.unwrapped.buffers()]
