@@ -107,6 +107,29 @@ def move_sources(
     return world_xy_to_pixel(moved, center[:, None], m[:, None])
 
 
+def sources_at_batch_prior(
+    src_uv: torch.Tensor, placed: dict[str, Any], batch: dict[str, Any]
+) -> torch.Tensor:
+    """Match sources of a pass run from ``placed``'s prior, moved to ``batch``'s prior.
+
+    The correspondence metrics lift sources with the batch's own prior
+    (:func:`cvloc.evaluate.lift_matches_to_ground`); a later pass placed its BEV elsewhere.
+
+    Args:
+        src_uv: (B, N, 2) the sources as that pass placed them.
+        placed: the batch that pass ran on (its ``camera_uv_prior``, ``yaw_deg_prior``).
+        batch: the original batch.
+
+    Returns:
+        (B, N, 2) the same camera-frame points placed at ``batch``'s prior (float32).
+    """
+    return move_sources(
+        src_uv, batch["sat_center_uv"], batch["m_per_px"],
+        placed["camera_uv_prior"], placed["yaw_deg_prior"],
+        batch["camera_uv_prior"], batch["yaw_deg_prior"],
+    )  # fmt: skip
+
+
 class PriorRefinement(nn.Module):
     """Wrap a localizer: re-run it with the prior replaced by its previous estimate.
 
@@ -168,11 +191,7 @@ class PriorRefinement(nn.Module):
             pred = self.model(current)
         out = {key: pred[key] for key in (*POSE_KEYS, *MATCH_KEYS) if key in pred}
         if "match_src_uv" in out and current is not batch:
-            out["match_src_uv"] = move_sources(
-                out["match_src_uv"], batch["sat_center_uv"], batch["m_per_px"],
-                current["camera_uv_prior"], current["yaw_deg_prior"],
-                batch["camera_uv_prior"], batch["yaw_deg_prior"],
-            )  # fmt: skip
+            out["match_src_uv"] = sources_at_batch_prior(out["match_src_uv"], current, batch)
         out["refine_passes"] = torch.full_like(batch["yaw_deg_prior"], self.passes)
         return out
 
@@ -279,11 +298,7 @@ class ClassicalRefinement(nn.Module):
         out = {key: again[key] for key in MATCH_KEYS if key in again}
         if "match_src_uv" not in out:
             raise KeyError("eval.classical_rematch needs a model that returns match_src_uv")
-        out["match_src_uv"] = move_sources(
-            out["match_src_uv"], batch["sat_center_uv"], batch["m_per_px"],
-            current["camera_uv_prior"], current["yaw_deg_prior"],
-            batch["camera_uv_prior"], batch["yaw_deg_prior"],
-        )  # fmt: skip
+        out["match_src_uv"] = sources_at_batch_prior(out["match_src_uv"], current, batch)
         return out
 
 
