@@ -497,6 +497,38 @@ def test_robust_fit_without_consensus_keeps_its_weights():
         torch.testing.assert_close(got, want)
 
 
+def test_robust_fit_started_from_a_shift_keeps_its_consensus(dtype):
+    # Heavy, coherently wrong matches (40 % of the points, 10x the weight, all shifted by
+    # 7 units) hold most of the weight: the fit started from the plain weighted fit is
+    # pulled to them and stays there; started from the true shift, the re-weighting keeps
+    # the true matches, and the result is Kabsch on those alone (independent reference).
+    g = torch.Generator().manual_seed(11)
+    src = (20 * torch.rand(2, 50, 2, generator=g, dtype=torch.float64)).to(dtype)
+    t_true = torch.tensor([[1.5, -2.0], [-0.5, 3.0]], dtype=dtype)
+    dst = src + t_true[:, None]
+    wrong = torch.arange(50) < 20
+    dst = torch.where(wrong[None, :, None], dst + torch.tensor([0.0, 7.0], dtype=dtype), dst)
+    w = torch.where(wrong, 10.0, 1.0).to(dtype).expand(2, -1).clone()
+    _, t_plain, _ = robust_procrustes_2d(src, dst, w, 1.0, 3)
+    assert ((t_plain - t_true).norm(dim=-1) > 3.0).all()  # the wrong cluster wins
+    start = t_true + torch.tensor([0.8, -0.6], dtype=dtype)  # a coarse shift, 1 unit off
+    R, t, weights = robust_procrustes_2d(src, dst, w, 1.0, 3, start_t=start)
+    inlier = (~wrong).double().expand(2, -1).numpy()
+    for b in range(2):
+        R_ref, t_ref = kabsch_svd_2d(src[b].double().numpy(), dst[b].double().numpy(), inlier[b])
+        np.testing.assert_allclose(R[b].double().numpy(), R_ref, atol=1e-4)
+        np.testing.assert_allclose(t[b].double().numpy(), t_ref, atol=1e-4)
+    assert (weights[:, wrong] < 1e-6).all()
+    # The start carries no gradient; it needs a re-weighting to act on, and its shape.
+    start.requires_grad_()
+    robust_procrustes_2d(src, dst, w.requires_grad_(), 1.0, 2, start_t=start)[1].sum().backward()
+    assert start.grad is None and w.grad is not None
+    with pytest.raises(ValueError, match="iters >= 1"):
+        robust_procrustes_2d(src, dst, w, 1.0, 0, start_t=start)
+    with pytest.raises(ShapeError):
+        robust_procrustes_2d(src, dst, w, 1.0, 2, start_t=start[:1])
+
+
 def test_robust_fit_gradients_and_bad_settings():
     g = torch.Generator().manual_seed(5)
     src = torch.randn(1, 8, 2, generator=g, dtype=torch.float64, requires_grad=True)

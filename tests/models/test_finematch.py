@@ -17,7 +17,12 @@ from cvloc.geometry.checks import ShapeError
 from cvloc.models import FineMatch, FineMatchConfig
 from cvloc.models.corr import alignment_camera_uv
 from cvloc.models.encoders import EncoderConfig
-from cvloc.models.matching import NO_MATCH_SCORE, MatchingConfig, prior_window_mask
+from cvloc.models.matching import (
+    NO_MATCH_SCORE,
+    MatchingConfig,
+    pose_from_matches,
+    prior_window_mask,
+)
 from cvloc.models.refinement import move_sources
 from cvloc.models.simrefiner import SimRefinerConfig
 from cvloc.models.surface import SurfaceConfig
@@ -102,6 +107,43 @@ class TestFineMatch:
         expected = a["match_weight"] * torch.exp(-r_m.square() / 2.0)
         torch.testing.assert_close(b["match_weight"], expected, atol=1e-5, rtol=1e-3)
         assert (b["match_weight"] < a["match_weight"] - 1e-3).any()  # some leave the fit
+
+    def test_robust_fit_starts_from_the_alignment(self):
+        # matching.robust_start="alignment": the pose is the robust fit of the same matches
+        # started from the model's own align_uv_pred; without the prior's bounds there is
+        # no alignment and the fit starts from the weighted fit.
+        torch.manual_seed(0)
+        plain = FineMatch(TINY).eval()
+        robust = dataclasses.replace(TINY.matching, robust_iters=2, robust_sigma_m=1.0)
+        started = dataclasses.replace(robust, robust_start="alignment")
+        model, from_fit = FineMatch(tiny(matching=started)), FineMatch(tiny(matching=robust))
+        model.load_state_dict(plain.state_dict())
+        from_fit.load_state_dict(plain.state_dict())
+        batch = make_batch("pinhole", B=2, sat=128)
+        geo = [batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior")]
+        with torch.no_grad():
+            a, b = plain(batch), model.eval()(batch)
+            xy, yaw, uv, w = pose_from_matches(
+                a["match_src_uv"], a["match_dst_uv"], a["match_weight"], *geo,
+                config=started, start_uv=a["align_uv_pred"],
+            )  # fmt: skip
+            torch.testing.assert_close(b["camera_xy_pred"], xy)
+            moved = (a["align_uv_pred"] - batch["camera_uv_prior"]).norm(dim=-1)
+            unbounded = {k: v for k, v in batch.items() if k != "shift_range_m"}
+            unwindowed = dataclasses.replace(started, prior_window=False)
+            no_window = FineMatch(tiny(matching=unwindowed))
+            no_window.load_state_dict(plain.state_dict())
+            c = no_window.eval()(unbounded)
+            from_fit_unwindowed = FineMatch(
+                tiny(matching=dataclasses.replace(robust, prior_window=False))
+            )
+            from_fit_unwindowed.load_state_dict(plain.state_dict())
+            d = from_fit_unwindowed.eval()(unbounded)
+        assert (moved > 0).any()  # the start is not the prior itself
+        for key, value in (("camera_uv_pred", uv), ("yaw_deg_pred", yaw), ("match_weight", w)):
+            torch.testing.assert_close(b[key], value)
+        assert not torch.allclose(b["camera_uv_pred"], from_fit(batch)["camera_uv_pred"])
+        torch.testing.assert_close(c["camera_uv_pred"], d["camera_uv_pred"])
 
     def test_visibility_head_scales_the_match_weights(self):
         # The head's probability multiplies each cell's weight before the (plain) fit, and

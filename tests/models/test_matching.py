@@ -250,6 +250,37 @@ class TestPoseFromMatches:
         # the true matches keep their weight.
         assert (fit_w[:, :24] < 0.14).all() and (fit_w[:, 24:] > 0.99).all()
 
+    def test_robust_fit_started_from_a_shift(self):
+        # A pure shift of the camera (heading right) and a heavy cluster of matches all
+        # 5 m off in the same direction, as a repeated structure gives: started from the
+        # weighted fit, the re-weighting keeps the cluster; started from a rigid shift
+        # near the truth (an alignment, here 0.5 m off), it keeps the true matches.
+        g = torch.Generator().manual_seed(7)
+        center, m = torch.full((2, 2), 63.5), torch.full((2,), 0.25)
+        prior_uv = center + 4 * torch.randn(2, 2, generator=g)
+        prior_yaw = torch.tensor([10.0, -70.0])
+        gt_uv = prior_uv + torch.tensor([[12.0, -6.0], [-8.0, 10.0]])
+        src = 128 * torch.rand(2, 80, 2, generator=g)
+        dst = src + (gt_uv - prior_uv)[:, None]
+        dst[:, :30] += torch.tensor([0.0, 20.0])  # 20 px = 5 m
+        weight = torch.cat([torch.full((2, 30), 5.0), torch.ones(2, 50)], dim=1)
+        geo = (center, m, prior_uv, prior_yaw)
+        robust = MatchingConfig(robust_iters=3, robust_sigma_m=1.0, robust_start="alignment")
+        uv_fit = pose_from_matches(src, dst, weight, *geo, config=robust)[2]
+        assert ((uv_fit - gt_uv).norm(dim=-1) > 8.0).all()  # > 2 m: pulled to the cluster
+        start = gt_uv + torch.tensor([1.2, -1.6])  # 2 px = 0.5 m off
+        _, yaw, uv, fit_w = pose_from_matches(
+            src, dst, weight, *geo, config=robust, start_uv=start
+        )
+        torch.testing.assert_close(uv, gt_uv, atol=1e-3, rtol=0)
+        torch.testing.assert_close(yaw, prior_yaw, atol=1e-3, rtol=0)
+        # The fit's weights: the cluster's 5 * exp(-(5 m)^2 / 2), the true matches' 1.
+        torch.testing.assert_close(fit_w[:, :30], torch.full((2, 30), 5 * math.exp(-12.5)))
+        torch.testing.assert_close(fit_w[:, 30:], torch.ones(2, 50), atol=1e-4, rtol=0)
+        ransac = MatchingConfig(solver="ransac")
+        with pytest.raises(ValueError, match="RANSAC"):
+            pose_from_matches(src, dst, weight, *geo, config=ransac, start_uv=start)
+
     def test_gradient_reaches_matches_and_weights(self):
         src, dst, geo, _ = rigid_matches()
         dst = (dst + 0.5 * torch.randn_like(dst)).requires_grad_()
@@ -269,3 +300,9 @@ def test_config_validation():
         MatchingConfig(robust_iters=-1)
     with pytest.raises(ValueError, match="robust"):
         MatchingConfig(robust_sigma_m=0.0)
+    with pytest.raises(ValueError, match="robust_start"):
+        MatchingConfig(robust_iters=2, robust_start="median")
+    with pytest.raises(ValueError, match="robust_iters >= 1"):
+        MatchingConfig(robust_start="alignment")  # robust_iters 0: nothing to start
+    with pytest.raises(ValueError, match="procrustes"):
+        MatchingConfig(solver="ransac", robust_iters=2, robust_start="alignment")

@@ -144,10 +144,12 @@ def robust_procrustes_2d(
     sigma: float,
     iters: int,
     fixed_rotation: torch.Tensor | None = None,
+    start_t: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Weighted rigid fit robust to outliers: a Welsch M-estimator by reweighted least squares.
 
-    Starts from :func:`weighted_procrustes_2d` and re-fits ``iters`` times with the weights
+    Starts from :func:`weighted_procrustes_2d` (or from the translation ``start_t``) and
+    re-fits ``iters`` times with the weights
     w_i exp(-r_i^2 / (2 sigma^2)), r_i = |R src_i + t - dst_i| the residual to the previous
     fit: matches far from the consensus fade out, with no sampling and no threshold (a
     RANSAC-free, differentiable alternative to RANSAC's inlier refit). A sample whose
@@ -169,6 +171,10 @@ def robust_procrustes_2d(
         sigma: residual scale of the kernel, > 0.
         iters: re-weighted fits after the first, >= 0.
         fixed_rotation: optional (B,) bool: where True only the translation is fitted.
+        start_t: optional (B, 2): the first residuals are taken to dst ~ src + start_t
+            instead of to the weighted fit, so that a consensus found otherwise (a rigid
+            shift of all points, not swayed by a few heavy outliers) picks the inliers;
+            no gradient flows through it. Needs ``iters`` >= 1.
 
     Returns:
         R: (B, 2, 2) and t: (B, 2), as :func:`weighted_procrustes_2d`; weights (B, N):
@@ -181,7 +187,13 @@ def robust_procrustes_2d(
     """
     if not sigma > 0 or iters < 0:
         raise ValueError(f"expected sigma > 0 and iters >= 0, got {sigma}, {iters}")
-    R, t = weighted_procrustes_2d(src_xy, dst_xy, weights, fixed_rotation)
+    if start_t is not None and iters < 1:
+        raise ValueError("start_t needs iters >= 1: the start is only used to re-weight")
+    R, t = weighted_procrustes_2d(src_xy, dst_xy, weights, fixed_rotation)  # checks inputs
+    if start_t is not None:
+        check_shape(start_t, [src_xy.shape[0], 2], "start_t")
+        R = torch.eye(2, dtype=R.dtype, device=R.device).expand_as(R)
+        t = start_t.detach().to(t)
     base = torch.nan_to_num(weights.to(R.dtype)).clamp_min(0.0)
     if iters == 0:
         return R, t, base

@@ -116,7 +116,8 @@ class FineMatch(nn.Module):
     - ``match_src_uv`` (B, N, 2): BEV cell centres in satellite pixels; ``match_dst_uv``
       (B, N, 2): their matched satellite pixels; ``match_weight`` (B, N): the weight of
       each match in the pose fit (as DenseFlow's are its pose head's): its coupling mass,
-      times its inlier weight with ``matching.robust_iters`` > 0; ``match_height_m``
+      times its inlier weight with ``matching.robust_iters`` > 0 (the re-weighting started
+      from ``align_uv_pred`` with ``matching.robust_start="alignment"``); ``match_height_m``
       (B, N): the predicted surface height of each BEV cell, with which a match is lifted
       to its ground-image pixel.
     - ``surface_height_m`` (B, 1, Hf, Wf), ``height_logits`` (B, Z, Hf, Wf),
@@ -210,7 +211,8 @@ class FineMatch(nn.Module):
             sim = torch.where(window, sim, sim.new_tensor(NO_MATCH_SCORE))
         # 8. Windowed expected match of every BEV cell (weighted by its visibility);
         # weighted Procrustes, prior composed.
-        pred = self._localize(coupling.probs, batch, grid_hw, seen)
+        start_uv = extra.get("align_uv_pred") if cfg.matching.robust_start == "alignment" else None
+        pred = self._localize(coupling.probs, batch, grid_hw, seen, start_uv)
         if seen is not None:
             extra.update(visibility=seen, visibility_logits=seen_logits)
         return {
@@ -232,8 +234,13 @@ class FineMatch(nn.Module):
         batch: dict[str, Any],
         grid_hw: tuple[int, int],
         seen: torch.Tensor | None,
+        start_uv: torch.Tensor | None,
     ) -> dict[str, torch.Tensor]:
-        """Coupling (B, N + 1, M + 1), visibility (B, 1, H, W) or None -> pose and matches."""
+        """Coupling (B, N + 1, M + 1) -> pose and matches.
+
+        ``seen``: the visibility (B, 1, H, W) or None; ``start_uv``: (B, 2) the camera at
+        the alignment, where the robust fit starts (``matching.robust_start``), or None.
+        """
         cfg = self.config
         dst_uv, weight = extract_matches(
             probs[:, :-1, :-1], grid_hw, cfg.stride, cfg.matching.window_radius
@@ -244,8 +251,9 @@ class FineMatch(nn.Module):
         src_uv = src_uv.reshape(1, -1, 2).expand(probs.shape[0], -1, -1)
         geo = (batch[k] for k in ("sat_center_uv", "m_per_px", "camera_uv_prior", "yaw_deg_prior"))
         camera_xy, yaw_deg, camera_uv, fit_weight = pose_from_matches(
-            src_uv, dst_uv, weight, *geo, config=cfg.matching, known_heading=known_heading(batch)
-        )
+            src_uv, dst_uv, weight, *geo, config=cfg.matching,
+            known_heading=known_heading(batch), start_uv=start_uv,
+        )  # fmt: skip
         return {
             "camera_uv_pred": camera_uv,
             "camera_xy_pred": camera_xy,

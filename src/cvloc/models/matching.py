@@ -58,6 +58,7 @@ from cvloc.models.encoders import make_norm
 from cvloc.models.simstats import similarity_stats, stats_mlp
 
 SOLVERS = ("procrustes", "ransac")
+ROBUST_STARTS = ("fit", "alignment")
 # Score of the entries of unseen BEV cells: exp() of it is exactly 0 in float32.
 NO_MATCH_SCORE = -1.0e4
 
@@ -80,6 +81,13 @@ class MatchingConfig:
         robust_iters: re-weighted Procrustes fits after the first (0: the plain weighted
             fit; :func:`cvloc.geometry.procrustes.robust_procrustes_2d`).
         robust_sigma_m: the residual scale of their Gaussian kernel, metres.
+        robust_start: where the re-weighting starts: ``"fit"``, the plain weighted fit;
+            ``"alignment"``, the best rigid shift of the whole BEV (FineMatch's
+            ``align_uv_pred``, when the batch declares ``shift_range_m``; else the fit).
+            A few heavy, coherently wrong matches can pull the plain fit metres away,
+            after which the re-weighting keeps them as the inliers; the shift, a
+            consensus of every cell's similarity, is not swayed by them (kitti-small
+            val, 400 pairs: see ``training/README.md``).
     """
 
     temperature: float = 0.1
@@ -93,6 +101,7 @@ class MatchingConfig:
     ransac_seed: int = 0
     robust_iters: int = 0
     robust_sigma_m: float = 6.0
+    robust_start: str = "fit"
 
     def __post_init__(self) -> None:
         if self.solver not in SOLVERS:
@@ -103,6 +112,15 @@ class MatchingConfig:
             raise ValueError(f"widths and iterations must be positive, got {self}")
         if self.robust_iters < 0 or not self.robust_sigma_m > 0:
             raise ValueError(f"robust_iters must be >= 0 and robust_sigma_m > 0, got {self}")
+        if self.robust_start not in ROBUST_STARTS:
+            raise ValueError(
+                f"robust_start must be one of {ROBUST_STARTS}, got {self.robust_start!r}"
+            )
+        if self.robust_start != "fit" and (self.robust_iters < 1 or self.solver != "procrustes"):
+            raise ValueError(
+                f"robust_start={self.robust_start!r} needs the procrustes solver with "
+                f"robust_iters >= 1, got {self}"
+            )
 
 
 class DescriptorHead(nn.Module):
@@ -321,6 +339,7 @@ def pose_from_matches(
     yaw_deg_prior: torch.Tensor,
     config: MatchingConfig | None = None,
     known_heading: torch.Tensor | None = None,
+    start_uv: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Camera pose from BEV-to-satellite matches by weighted Procrustes (or RANSAC).
 
@@ -341,6 +360,9 @@ def pose_from_matches(
         config: solver settings (default: weighted Procrustes).
         known_heading: optional (B,) bool, samples whose prior heading is exact: their
             pose keeps it and only the position is fitted.
+        start_uv: optional (B, 2) camera pixel of a rigid shift of the BEV (at the prior
+            heading) from which the robust re-weighting starts instead of from the
+            weighted fit (``config.robust_start``; needs ``robust_iters`` >= 1).
 
     Returns:
         camera_xy: (B, 2) metres, yaw_deg: (B,) in (-180, 180], camera_uv: (B, 2) pixels,
@@ -356,14 +378,20 @@ def pose_from_matches(
         center, m = sat_center_uv.float(), m_per_px.float()
         src_xy = pixel_to_world_xy(src_uv.float(), center[:, None], m[:, None])
         dst_xy = pixel_to_world_xy(dst_uv.float(), center[:, None], m[:, None])
+        prior_xy = pixel_to_world_xy(camera_uv_prior.float(), center, m)
         if cfg.solver == "ransac":
+            if start_uv is not None:
+                raise ValueError("start_uv starts the robust Procrustes fit, not RANSAC")
             R, t, fit_weight = ransac_rigid_2d(src_xy, dst_xy, weight.float(), cfg, known_heading)
         else:
+            # Moving the camera by d moves every BEV cell by d: dst ~ src + d.
+            start_t = None
+            if start_uv is not None:
+                start_t = pixel_to_world_xy(start_uv.float(), center, m) - prior_xy
             R, t, fit_weight = robust_procrustes_2d(
                 src_xy, dst_xy, weight.float(), cfg.robust_sigma_m, cfg.robust_iters,
-                known_heading,
+                known_heading, start_t,
             )  # fmt: skip
-        prior_xy = pixel_to_world_xy(camera_uv_prior.float(), center, m)
         camera_xy, yaw_deg = compose_pose_with_rigid_2d(R, t, prior_xy, yaw_deg_prior.float())
         camera_uv = world_xy_to_pixel(camera_xy, center, m)
     return camera_xy, yaw_deg, camera_uv, fit_weight
