@@ -295,13 +295,13 @@ def test_align_pose_finds_a_known_shift():
     valid = torch.ones(B, H, W, dtype=torch.bool)
     batch = {
         "camera_uv_prior": torch.tensor([[30.0, 40.0]]),
-        "shift_range_m": torch.tensor([4.0]),  # 4 sqrt(2) / (0.5 x 8) -> radius 2 cells
+        "shift_range_m": torch.tensor([8.0]),  # per axis: 8 / (0.5 x 8) -> radius 2 cells
         "m_per_px": torch.tensor([0.5]),
     }
     uv = model.align_pose(corr, valid, batch)
     torch.testing.assert_close(uv, torch.tensor([[14.0, 48.0]]))
     # Out of reach: a shift of 2 columns is not searched with radius 1.
-    batch["shift_range_m"] = torch.tensor([2.0])  # radius 1
+    batch["shift_range_m"] = torch.tensor([4.0])  # radius 1
     assert not torch.allclose(model.align_pose(corr, valid, batch), uv)
 
 

@@ -15,7 +15,6 @@ centre. Both default to the paper's projection.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -262,8 +261,8 @@ class DenseFlow(nn.Module):
         """Camera position of the best rigid shift of the BEV over the satellite features.
 
         Template matching on the correlation volume: every shift of the BEV (placed at
-        the prior) by whole feature cells up to the prior's position noise,
-        ``ceil(shift_range_m sqrt(2) / (m_per_px stride))`` cells, is scored by
+        the prior) by whole feature cells up to the prior's position bound along each axis
+        (east, north), ``ceil(shift_range_m / (m_per_px stride))`` cells, is scored by
         :func:`cvloc.models.corr.shifted_match_scores` over the visible cells; the camera
         moves with the best one (:func:`cvloc.models.corr.alignment_camera_uv`). Rotation is
         not searched. Not differentiable (argmax).
@@ -278,10 +277,9 @@ class DenseFlow(nn.Module):
         Returns:
             (B, 2) camera positions in satellite pixels.
         """
-        reach_m = batch["shift_range_m"].float() * math.sqrt(2.0)
         return alignment_camera_uv(
-            correlation, valid, batch["camera_uv_prior"], reach_m, batch["m_per_px"],
-            self.config.stride,
+            correlation, valid, batch["camera_uv_prior"], batch["shift_range_m"],
+            batch["m_per_px"], self.config.stride,
         )  # fmt: skip
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[None]:
