@@ -280,6 +280,12 @@ class EvalConfig:
             alignment of its whole BEV (FineMatch's ``align_uv_pred``; the prior heading)
             with this position bound (metres), not from its estimate (needs
             ``refine_passes`` >= 2).
+        refine_align_headings: n > 1: that first pass runs at n headings spread over the
+            prior's heading range, and the alignment is the shift whose score,
+            marginalised over them, is best
+            (:func:`cvloc.models.refinement.marginal_alignment`); needs
+            ``refine_align_shift_m``. 1: the prior heading alone.
+        refine_align_temperature: the temperature of that marginalisation (score units).
         classical_refine: end with the classical NCC search inside a small window around
             the estimate (:class:`cvloc.models.refinement.ClassicalRefinement`; our
             addition to both papers).
@@ -303,6 +309,8 @@ class EvalConfig:
     refine_shift_m: float | None = None
     refine_yaw_deg: float | None = None
     refine_align_shift_m: float | None = None
+    refine_align_headings: int = 1
+    refine_align_temperature: float = 4.0
     classical_refine: bool = False
     classical_shift_m: float = 2.0
     classical_yaw_deg: float = 2.0
@@ -323,6 +331,8 @@ class EvalConfig:
                 "refine_shift_m",
                 "refine_yaw_deg",
                 "refine_align_shift_m",
+                "refine_align_headings",
+                "refine_align_temperature",
                 "classical_shift_m",
                 "classical_yaw_deg",
                 "match_upsample",
@@ -332,6 +342,11 @@ class EvalConfig:
             raise ValueError(
                 "eval.refine_align_shift_m needs eval.refine_passes >= 2 (the alignment of "
                 f"the first pass starts the second), got refine_passes={self.refine_passes}"
+            )
+        if self.refine_align_headings > 1 and self.refine_align_shift_m is None:
+            raise ValueError(
+                "eval.refine_align_headings > 1 needs eval.refine_align_shift_m (the first "
+                "pass's alignment it chooses)"
             )
 
 

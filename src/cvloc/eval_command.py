@@ -109,6 +109,19 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
         "this position bound (metres)",
     )
     group.add_argument(
+        "--refine-align-headings",
+        type=int,
+        metavar="N",
+        help="run that first pass at N headings over the prior's range; the alignment is "
+        "the shift best scored over them (FineMatch)",
+    )
+    group.add_argument(
+        "--refine-align-temperature",
+        type=float,
+        metavar="T",
+        help="temperature of the log-sum-exp over those headings (alignment-score units)",
+    )
+    group.add_argument(
         "--classical-refine",
         action=argparse.BooleanOptionalAction,
         help="end with the classical NCC search in a window around the estimate",

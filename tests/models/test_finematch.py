@@ -187,6 +187,16 @@ class TestFineMatch:
         torch.testing.assert_close(shift, shift.round())
         bound = torch.ceil(batch["shift_range_m"] / (batch["m_per_px"] * 8))  # cells, per axis
         assert (shift.abs() <= bound[:, None]).all()
+        # align_scores: every shift's score, [dy + r, dx + r]; the centre (no shift) is the
+        # mean windowed similarity of the seen cells with their own satellite cells.
+        r = int(bound.max())
+        scores = out["align_scores"]
+        assert scores.shape == (2, 2 * r + 1, 2 * r + 1)
+        w = out["bev_valid"].flatten(1)
+        own = (windowed.diagonal(dim1=1, dim2=2) * w).sum(1) / w.sum(1)
+        torch.testing.assert_close(scores[:, r, r], own, rtol=1e-5, atol=1e-5)
+        at_best = scores[torch.arange(2), shift[:, 1].long() + r, shift[:, 0].long() + r]
+        torch.testing.assert_close(at_best, scores.flatten(1).amax(1))
         no_bounds = {k: v for k, v in batch.items() if k != "shift_range_m"}
         unwindowed = dataclasses.replace(TINY.matching, prior_window=False)
         no_window = FineMatch(tiny(matching=unwindowed))

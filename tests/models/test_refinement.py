@@ -17,7 +17,13 @@ from cvloc.geometry.geo import pixel_to_world_xy
 from cvloc.models import DenseFlow
 from cvloc.models.dense_matches import DenseMatches
 from cvloc.models.finematch import FineMatch
-from cvloc.models.refinement import ClassicalRefinement, PriorRefinement, move_sources, refined
+from cvloc.models.refinement import (
+    ClassicalRefinement,
+    PriorRefinement,
+    marginal_alignment,
+    move_sources,
+    refined,
+)
 
 KEYS = ("camera_uv_pred", "yaw_deg_pred", "match_src_uv", "match_dst_uv", "match_weight")
 
@@ -135,8 +141,88 @@ def test_second_pass_can_start_from_the_first_pass_alignment(finematch, denseflo
         torch.testing.assert_close(out[key], third[key])
     # The alignment is not the first estimate: the test tells the two starts apart.
     assert not torch.allclose(first["align_uv_pred"], first["camera_uv_pred"])
-    with pytest.raises(KeyError, match="align_uv_pred"), torch.inference_mode():
+    with pytest.raises(KeyError, match="align_scores"), torch.inference_mode():
         PriorRefinement(denseflow, passes=2, align_shift_m=5.0)(batch)  # no alignment
+
+
+def test_marginal_alignment_prefers_a_shift_several_headings_support():
+    # Heading 0 has the single sharpest peak (10 at shift (3, -2)); headings 1 and 2 both
+    # score shift (0, 1) at 8 and 9. Everything else is -50.
+    scores = torch.full((1, 3, 9, 9), -50.0)
+    scores[0, 0, -2 + 4, 3 + 4] = 10.0
+    scores[0, 1, 1 + 4, 0 + 4] = 8.0
+    scores[0, 2, 1 + 4, 0 + 4] = 9.0
+    prior = torch.tensor([[100.0, 60.0]])
+    # t = 4: log(e^2 + e^2.25) = 2.82 beats 2.5; the best heading at (0, 1) is 2.
+    uv, best = marginal_alignment(scores, prior, 8, 4.0)
+    torch.testing.assert_close(uv, torch.tensor([[100.0, 68.0]]))
+    assert best.tolist() == [2]
+    # t -> 0 is the best single peak; one hypothesis is its own best shift.
+    uv, best = marginal_alignment(scores, prior, 8, 0.01)
+    torch.testing.assert_close(uv, torch.tensor([[124.0, 44.0]]))
+    assert best.tolist() == [0]
+    uv, best = marginal_alignment(scores[:, 1:2], prior, 4, 4.0)
+    torch.testing.assert_close(uv, torch.tensor([[100.0, 64.0]]))
+    assert best.tolist() == [0]
+
+
+def test_first_pass_at_several_headings(finematch):
+    # eval.refine_align_headings=3 with a 9 deg bound: the first pass runs at the prior
+    # heading -6, 0 and +6 deg (sector centres), the second from the marginalised best
+    # shift at the heading that scores it best, bounded by refine_align_shift_m.
+    batch = make_batch(B=2, seed=4)
+    batch["shift_range_m"] = torch.tensor([20.0, 20.0])
+    batch["yaw_range_deg"] = torch.tensor([9.0, 9.0])
+    settings = EvalConfig(
+        refine_passes=2, refine_align_shift_m=6.0, refine_align_headings=3,
+        refine_align_temperature=4.0,
+    )  # fmt: skip
+    with torch.inference_mode():
+        out = refined(finematch, settings)(batch)
+        yaws = [batch["yaw_deg_prior"] + turn for turn in (-6.0, 0.0, 6.0)]
+        maps = [finematch(dict(batch, yaw_deg_prior=y))["align_scores"] for y in yaws]
+    r = (maps[0].shape[-1] - 1) // 2
+    starts, headings = [], []
+    for b in range(2):  # independent: a loop over shifts
+        best, best_value = None, -math.inf
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                value = math.log(sum(math.exp(float(m[b, dy + r, dx + r]) / 4.0) for m in maps))
+                if value > best_value:
+                    best, best_value = (dx, dy), value
+        dx, dy = best
+        k = max(range(3), key=lambda i: float(maps[i][b, dy + r, dx + r]))
+        starts.append(batch["camera_uv_prior"][b].float() + 8.0 * torch.tensor([dx, dy]))
+        headings.append(yaws[k][b])
+    second_batch = dict(
+        batch,
+        camera_uv_prior=torch.stack(starts),
+        yaw_deg_prior=torch.stack(headings),
+        shift_range_m=torch.tensor([6.0, 6.0]),
+    )
+    with torch.inference_mode():
+        second = finematch(second_batch)
+    for key in ("camera_uv_pred", "yaw_deg_pred", "match_dst_uv", "match_weight"):
+        torch.testing.assert_close(out[key], second[key])
+    with torch.inference_mode():  # the test tells it from the prior heading alone
+        alone = refined(finematch, dataclasses.replace(settings, refine_align_headings=1))(batch)
+    assert not torch.allclose(out["camera_uv_pred"], alone["camera_uv_pred"])
+    # A known heading has nothing to search: the same as the prior heading alone.
+    batch["yaw_range_deg"] = torch.zeros(2)
+    with torch.inference_mode():
+        known = refined(finematch, settings)(batch)
+        alone = refined(finematch, dataclasses.replace(settings, refine_align_headings=1))(batch)
+    for key in ("camera_uv_pred", "yaw_deg_pred"):
+        torch.testing.assert_close(known[key], alone[key])
+
+
+def test_heading_hypotheses_need_the_alignment():
+    with pytest.raises(ValueError, match="refine_align_headings > 1 needs"):
+        EvalConfig(refine_passes=2, refine_align_headings=3)
+    with pytest.raises(ValueError, match="align_headings >= 1"):
+        PriorRefinement(torch.nn.Identity(), passes=2, align_shift_m=5.0, align_headings=0)
+    with pytest.raises(ValueError, match="needs align_shift_m"):
+        PriorRefinement(torch.nn.Identity(), passes=2, align_headings=3)
 
 
 def test_known_heading_stays_known(finematch):

@@ -146,6 +146,65 @@ def shifted_match_scores(
         return (sampled * w).sum(1) / w.sum(1).clamp(min=1e-6)
 
 
+def alignment_scores(
+    correlation: torch.Tensor,
+    weight: torch.Tensor,
+    reach_m: torch.Tensor,
+    m_per_px: torch.Tensor,
+    stride: int,
+) -> torch.Tensor:
+    """Score of every rigid whole-cell shift of the BEV over a BEV-satellite score matrix.
+
+    Template matching: every shift of the BEV (placed at the prior, on the satellite
+    feature grid) by whole cells up to r = ``ceil(reach_m / (m_per_px stride))`` along each
+    axis is scored by :func:`shifted_match_scores` (the weighted mean score of the BEV
+    cells at their shifted cells). Not differentiable (no_grad).
+
+    Convention: the BEV grid is the satellite feature grid (cell n = i W + j); the map is
+    indexed [dy + r, dx + r] by the shift (dx, dy) in cells (columns, rows).
+
+    Args:
+        correlation: (B, H W, H W) scores of BEV cell n against satellite cell m.
+        weight: (B, H, W) non-negative weight of every BEV cell (its visibility).
+        reach_m: (B,) the largest shift searched, metres (the batch's largest is used).
+        m_per_px: (B,) ground sampling distance.
+        stride: satellite pixels per cell.
+
+    Returns:
+        (B, 2 r + 1, 2 r + 1) scores (float32).
+    """
+    B, H, W = weight.shape
+    reach = reach_m.float() / (m_per_px.float() * stride)
+    radius = math.ceil(float(reach.max())) if B else 0
+    cells = satellite_grid_uv(H, W, dtype=torch.float32, device=weight.device)
+    cells = cells.permute(2, 0, 1)[None].expand(B, -1, -1, -1)  # zero flow: a cell itself
+    with torch.no_grad():
+        scores = shifted_match_scores(correlation.detach(), (H, W), cells, weight, radius)
+    return scores.reshape(B, 2 * radius + 1, 2 * radius + 1)
+
+
+def best_shift_camera_uv(
+    scores: torch.Tensor, camera_uv_prior: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """Camera position moved by the best shift of a shift-score map.
+
+    Convention: satellite pixels (u, v); the map of :func:`alignment_scores`.
+
+    Args:
+        scores: (B, 2 r + 1, 2 r + 1) scores of the shifts around the prior.
+        camera_uv_prior: (B, 2) the camera position at shift 0.
+        stride: satellite pixels per cell.
+
+    Returns:
+        (B, 2) camera positions in satellite pixels (float32).
+    """
+    side = scores.shape[-1]
+    radius = (side - 1) // 2
+    best = scores.flatten(1).argmax(1)
+    shift = torch.stack([best % side - radius, best // side - radius], dim=-1)
+    return camera_uv_prior.float() + shift.float() * stride
+
+
 def alignment_camera_uv(
     correlation: torch.Tensor,
     weight: torch.Tensor,
@@ -156,11 +215,8 @@ def alignment_camera_uv(
 ) -> torch.Tensor:
     """Camera position of the best rigid shift of the BEV over a BEV-satellite score matrix.
 
-    Template matching: every shift of the BEV (placed at the prior, on the satellite
-    feature grid) by whole cells up to ``ceil(reach_m / (m_per_px stride))`` is scored by
-    :func:`shifted_match_scores` (the weighted mean score of the BEV cells at their shifted
-    cells); the camera moves with the best shift. Rotation is not searched. Not
-    differentiable (argmax).
+    The best of :func:`alignment_scores` (:func:`best_shift_camera_uv`); rotation is not
+    searched. Not differentiable (argmax).
 
     Convention: satellite pixels (u, v), integer pixel centres; the BEV grid is the
     satellite feature grid (cell n = i W + j).
@@ -176,14 +232,5 @@ def alignment_camera_uv(
     Returns:
         (B, 2) camera positions in satellite pixels.
     """
-    B, H, W = weight.shape
-    reach = reach_m.float() / (m_per_px.float() * stride)
-    radius = math.ceil(float(reach.max())) if B else 0
-    cells = satellite_grid_uv(H, W, dtype=torch.float32, device=weight.device)
-    cells = cells.permute(2, 0, 1)[None].expand(B, -1, -1, -1)  # zero flow: a cell itself
-    with torch.no_grad():
-        scores = shifted_match_scores(correlation.detach(), (H, W), cells, weight, radius)
-    best = scores.argmax(1)
-    side = 2 * radius + 1
-    shift = torch.stack([best % side - radius, best // side - radius], dim=-1)
-    return camera_uv_prior.float() + shift.float() * stride
+    scores = alignment_scores(correlation, weight, reach_m, m_per_px, stride)
+    return best_shift_camera_uv(scores, camera_uv_prior, stride)

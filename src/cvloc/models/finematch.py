@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from cvloc.geometry.bev import satellite_grid_uv
-from cvloc.models.corr import alignment_camera_uv
+from cvloc.models.corr import alignment_scores, best_shift_camera_uv
 from cvloc.models.encoders import (
     OUTPUT_STRIDE,
     OUTPUT_STRIDES,
@@ -133,7 +133,10 @@ class FineMatch(nn.Module):
     - ``align_uv_pred`` (B, 2), with ``shift_range_m`` in the batch: the camera moved by
       the best whole-cell shift of the BEV over the refined similarity, up to the prior's
       position bound along each axis (:func:`cvloc.models.corr.alignment_camera_uv`; seen cells,
-      weighted by their visibility). Rotation is not searched.
+      weighted by their visibility). Rotation is not searched. ``align_scores``
+      (B, 2r + 1, 2r + 1): the score of every shift (dx, dy) of the search, at
+      [dy + r, dx + r] (:func:`cvloc.models.corr.alignment_scores`), with which
+      :class:`cvloc.models.refinement.PriorRefinement` weighs heading hypotheses.
 
     Args:
         config: hyper-parameters.
@@ -286,7 +289,7 @@ class FineMatch(nn.Module):
         batch: dict[str, Any],
         grid_hw: tuple[int, int],
     ) -> dict[str, torch.Tensor]:
-        """``align_uv_pred``: the best rigid shift of the BEV over the refined similarity.
+        """``align_uv_pred``, ``align_scores``: rigid shifts of the BEV over the similarity.
 
         A coarse pose that a refinement pass can start from
         (:class:`cvloc.models.refinement.PriorRefinement`); {} without ``shift_range_m``.
@@ -304,11 +307,10 @@ class FineMatch(nn.Module):
         if seen is not None:
             weight = weight * seen[:, 0]
         # The prior's bound is per axis (east, north): shifts beyond it are ruled out.
-        camera_uv = alignment_camera_uv(
-            sim, weight, batch["camera_uv_prior"], batch["shift_range_m"], batch["m_per_px"],
-            self.config.stride,
-        )  # fmt: skip
-        return {"align_uv_pred": camera_uv}
+        stride = self.config.stride
+        scores = alignment_scores(sim, weight, batch["shift_range_m"], batch["m_per_px"], stride)
+        camera_uv = best_shift_camera_uv(scores, batch["camera_uv_prior"], stride)
+        return {"align_uv_pred": camera_uv, "align_scores": scores}
 
     def _visibility(
         self,
