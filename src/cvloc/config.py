@@ -277,9 +277,9 @@ class EvalConfig:
             (metres; None keeps the data's).
         refine_yaw_deg: the same for the heading bound (degrees).
         refine_align_shift_m: if set, the second pass starts from the first pass's rigid
-            alignment of its whole BEV (FineMatch's ``align_uv_pred``; the prior heading)
-            with this position bound (metres), not from its estimate (needs
-            ``refine_passes`` >= 2).
+            alignment of its whole BEV (FineMatch's ``align_scores``; at the prior heading,
+            see ``refine_align_headings``) with this position bound (metres), not from its
+            estimate (needs ``refine_passes`` >= 2).
         refine_align_headings: n > 1: that first pass runs at n headings spread over the
             prior's heading range, and the alignment is the shift whose score,
             marginalised over them, is best
