@@ -283,7 +283,7 @@ class EvalConfig:
         refine_align_headings: n > 1: that first pass runs at n headings spread over the
             prior's heading range, and the alignment is the shift whose score,
             marginalised over them, is best
-            (:func:`cvloc.models.refinement.marginal_alignment`); needs
+            (:func:`cvloc.models.refinement.marginal_alignment`); no effect without
             ``refine_align_shift_m``. 1: the prior heading alone.
         refine_align_temperature: the temperature of that marginalisation (score units).
         classical_refine: end with the classical NCC search inside a small window around
@@ -342,11 +342,6 @@ class EvalConfig:
             raise ValueError(
                 "eval.refine_align_shift_m needs eval.refine_passes >= 2 (the alignment of "
                 f"the first pass starts the second), got refine_passes={self.refine_passes}"
-            )
-        if self.refine_align_headings > 1 and self.refine_align_shift_m is None:
-            raise ValueError(
-                "eval.refine_align_headings > 1 needs eval.refine_align_shift_m (the first "
-                "pass's alignment it chooses)"
             )
 
 

@@ -216,13 +216,20 @@ def test_first_pass_at_several_headings(finematch):
         torch.testing.assert_close(known[key], alone[key])
 
 
-def test_heading_hypotheses_need_the_alignment():
-    with pytest.raises(ValueError, match="refine_align_headings > 1 needs"):
-        EvalConfig(refine_passes=2, refine_align_headings=3)
+def test_heading_hypotheses_are_checked_and_need_the_alignment(finematch):
     with pytest.raises(ValueError, match="align_headings >= 1"):
-        PriorRefinement(torch.nn.Identity(), passes=2, align_shift_m=5.0, align_headings=0)
-    with pytest.raises(ValueError, match="needs align_shift_m"):
-        PriorRefinement(torch.nn.Identity(), passes=2, align_headings=3)
+        PriorRefinement(finematch, passes=2, align_shift_m=5.0, align_headings=0)
+    with pytest.raises(ValueError, match="align_temperature > 0"):
+        PriorRefinement(finematch, passes=2, align_shift_m=5.0, align_temperature=0.0)
+    with pytest.raises(ValueError, match="refine_align_headings"):
+        EvalConfig(refine_align_headings=0)
+    # Without the alignment start there is nothing to choose: the plain passes.
+    batch = make_batch(B=2, seed=4)
+    batch["yaw_range_deg"] = torch.tensor([9.0, 9.0])
+    with torch.inference_mode():
+        plain = PriorRefinement(finematch, passes=2)(batch)
+        headed = PriorRefinement(finematch, passes=2, align_headings=3)(batch)
+    torch.testing.assert_close(headed["camera_uv_pred"], plain["camera_uv_pred"])
 
 
 def test_known_heading_stays_known(finematch):

@@ -158,7 +158,8 @@ class PriorRefinement(nn.Module):
             the centres of n equal sectors of the batch's heading range (each told the
             batch's bound), and the second starts from the shift of the best
             heading-marginalised alignment score (:func:`marginal_alignment`) at the
-            heading that scores it best. 1: the prior heading alone.
+            heading that scores it best. 1: the prior heading alone. No effect without
+            ``align_shift_m``.
         align_temperature: t of :func:`marginal_alignment`, in alignment-score units.
     """
 
@@ -180,8 +181,6 @@ class PriorRefinement(nn.Module):
                 "expected align_headings >= 1 and align_temperature > 0, got "
                 f"{align_headings} and {align_temperature}"
             )
-        if align_headings > 1 and align_shift_m is None:
-            raise ValueError("align_headings > 1 needs align_shift_m (the alignment it chooses)")
         bounds = (("shift_range_m", shift_range_m), ("yaw_range_deg", yaw_range_deg),
                   ("align_shift_m", align_shift_m))  # fmt: skip
         for name, value in bounds:
