@@ -151,9 +151,10 @@ class PriorRefinement(nn.Module):
             (never widened beyond the batch's); None keeps the batch's.
         yaw_range_deg: the same for the heading; a known heading (0) stays 0.
         align_shift_m: if set, the second pass starts from the first pass's alignment
-            (``align_uv_pred``: the best rigid shift of its whole BEV, a FineMatch output)
-            at the prior heading, with this position bound and the batch's heading bound,
-            instead of from its estimate; the passes after it as above. Needs passes >= 2.
+            (the best rigid shift of its whole BEV over FineMatch's ``align_scores``) at
+            the prior heading (see ``align_headings``), with this position bound and the
+            batch's heading bound, instead of from its estimate; the passes after it as
+            above. Needs passes >= 2.
         align_headings: n, with ``align_shift_m``: the first pass runs at n prior headings,
             the centres of n equal sectors of the batch's heading range (each told the
             batch's bound), and the second starts from the shift of the best
