@@ -204,6 +204,25 @@ class TestFineMatch:
         with torch.no_grad():
             assert "align_uv_pred" not in no_window.eval()(no_bounds)
 
+    @pytest.mark.parametrize("visibility", [False, True])
+    def test_heading_alignment_scores_equal_a_forward_per_heading(self, visibility):
+        # The shared entry point (encoders once, no dustbin or pose fit) must give each
+        # heading's align_scores of a full forward at that prior heading.
+        torch.manual_seed(0)
+        model = FineMatch(tiny(visibility=visibility)).eval()
+        batch = make_batch("pinhole", B=2, sat=128)
+        yaws = [batch["yaw_deg_prior"] + turn for turn in (-6.0, 0.0, 4.0)]
+        with torch.no_grad():
+            scores = model.heading_alignment_scores(batch, yaws)
+            each = [model(dict(batch, yaw_deg_prior=y))["align_scores"] for y in yaws]
+        torch.testing.assert_close(scores, torch.stack(each, dim=1))
+        assert not torch.allclose(scores[:, 0], scores[:, 1])  # the heading matters
+        no_bounds = {k: v for k, v in batch.items() if k != "shift_range_m"}
+        with pytest.raises(KeyError, match="shift_range_m"):
+            model.heading_alignment_scores(no_bounds, yaws)
+        with pytest.raises(ValueError, match="at least one heading"):
+            model.heading_alignment_scores(batch, [])
+
     def test_stride_4(self):
         torch.manual_seed(0)
         out = FineMatch(tiny(stride=4))(make_batch("pinhole", B=1, sat=64))

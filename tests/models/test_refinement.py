@@ -141,7 +141,7 @@ def test_second_pass_can_start_from_the_first_pass_alignment(finematch, denseflo
         torch.testing.assert_close(out[key], third[key])
     # The alignment is not the first estimate: the test tells the two starts apart.
     assert not torch.allclose(first["align_uv_pred"], first["camera_uv_pred"])
-    with pytest.raises(KeyError, match="align_scores"), torch.inference_mode():
+    with pytest.raises(KeyError, match="heading_alignment_scores"), torch.inference_mode():
         PriorRefinement(denseflow, passes=2, align_shift_m=5.0)(batch)  # no alignment
 
 

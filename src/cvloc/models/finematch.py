@@ -13,8 +13,9 @@ DenseFlow and the lifting is geometric, so the two methods differ only in what f
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ from cvloc.models.matching import (
 )
 from cvloc.models.refine import RefineBlock
 from cvloc.models.simrefiner import SimRefiner, SimRefinerConfig
-from cvloc.models.surface import SurfaceConfig, SurfaceModel
+from cvloc.models.surface import SurfaceConfig, SurfaceModel, SurfaceOutput
 from cvloc.models.visibility import VisibilityHead
 
 AMP_DTYPES = ("bfloat16", "float16")
@@ -102,6 +103,17 @@ class FineMatchConfig:
             raise ValueError(f"feat_dim and desc_dim must be positive, got {self}")
         if self.amp_dtype not in AMP_DTYPES:
             raise ValueError(f"amp_dtype must be one of {AMP_DTYPES}, got {self.amp_dtype!r}")
+
+
+class _Matched(NamedTuple):
+    """One prior's BEV-to-satellite similarity and what it was built from."""
+
+    sim: torch.Tensor  # (B, N, M) refined similarity S', not yet windowed
+    surface: SurfaceOutput
+    row_valid: torch.Tensor  # (B, N) bool: the cell's surface is seen
+    seen_logits: torch.Tensor | None  # (B, 1, H, W) visibility logits
+    seen: torch.Tensor | None  # (B, 1, H, W) visibility probability, float32
+    window: torch.Tensor | None  # (B, N, M) bool prior window
 
 
 class FineMatch(nn.Module):
@@ -186,38 +198,23 @@ class FineMatch(nn.Module):
         """
         ground, satellite = check_batch(batch, self.required_keys, "FineMatch")
         cfg = self.config
-        grid_hw = (satellite.shape[-2] // cfg.stride, satellite.shape[-1] // cfg.stride)
-        with self._autocast(satellite.device):
-            # 1. Ground and satellite encoders.
-            f_grd = self.ground_encoder(ground)
-            f_sat = self.satellite_encoder(satellite)
-            # 2. Ground features lifted over the height bins of every BEV cell (prior pose).
-            volume, valid = self._lift(f_grd, batch, grid_hw)
-            # 3. Surface Model: height distribution, surface height, visible-only fusion.
-            surface = self.surface(volume, valid)
-            # 4. L2-normalised BEV and satellite descriptors.
-            bev = self.bev_refine(surface.bev)
-            d_bev = self.bev_descriptor(bev)
-            d_sat = self.sat_descriptor(f_sat)
-            # 4b. Whether each cell's lifted ground pixel sees it (optional head).
-            seen_logits = self._visibility(bev, surface.logits, valid, batch)
-        row_valid = surface.bev_valid.flatten(1)
-        # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
-        sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
-        seen = None if seen_logits is None else torch.sigmoid(seen_logits.float())
-        window = self._window(batch, grid_hw)
+        f_grd, d_sat = self._encode(ground, satellite)
+        grid_hw = (d_sat.shape[-2], d_sat.shape[-1])
+        m = self._match(f_grd, d_sat, batch)
         # 6. The best rigid shift of the whole BEV over it: a coarse pose (optional use).
-        extra = self._align(sim, window, row_valid, seen, batch, grid_hw)
+        extra = self._align(m.sim, m.window, m.row_valid, m.seen, batch, grid_hw)
         # 7. Adaptive dustbin + dual softmax, inside the prior's window.
-        coupling = self.dustbin(sim, row_valid, window)
-        if window is not None:  # the losses see what the coupling saw
-            sim = torch.where(window, sim, sim.new_tensor(NO_MATCH_SCORE))
+        coupling = self.dustbin(m.sim, m.row_valid, m.window)
+        sim = m.sim
+        if m.window is not None:  # the losses see what the coupling saw
+            sim = torch.where(m.window, sim, sim.new_tensor(NO_MATCH_SCORE))
         # 8. Windowed expected match of every BEV cell (weighted by its visibility);
         # weighted Procrustes, prior composed.
         start_uv = extra.get("align_uv_pred") if cfg.matching.robust_start == "alignment" else None
-        pred = self._localize(coupling.probs, batch, grid_hw, seen, start_uv)
-        if seen is not None:
-            extra.update(visibility=seen, visibility_logits=seen_logits)
+        pred = self._localize(coupling.probs, batch, grid_hw, m.seen, start_uv)
+        if m.seen is not None:
+            extra.update(visibility=m.seen, visibility_logits=m.seen_logits)
+        surface = m.surface
         return {
             **pred,
             **extra,
@@ -230,6 +227,74 @@ class FineMatch(nn.Module):
             "bev_valid": surface.bev_valid[:, None].float(),
             "column_valid": surface.column_valid[:, None].float(),
         }
+
+    @torch.no_grad()
+    def heading_alignment_scores(
+        self, batch: dict[str, Any], yaw_deg_priors: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """``align_scores`` at several prior headings, sharing what does not turn.
+
+        The same maps as ``forward(dict(batch, yaw_deg_prior=yaw))["align_scores"]`` for
+        each heading, without the work they do not need: both encoders and the satellite
+        descriptors run once (they do not depend on the prior), the dustbin, matches and
+        pose fit not at all. Only the lifting, Surface Model, BEV descriptors, visibility
+        and SimRefiner run per heading. Inference only (no gradients).
+
+        Args:
+            batch: as :meth:`forward`, with ``shift_range_m`` (the search's bound).
+            yaw_deg_priors: n tensors (B,), the prior heading of each hypothesis (degrees).
+
+        Returns:
+            (B, n, 2 r + 1, 2 r + 1) the shift scores of each hypothesis.
+
+        Raises:
+            KeyError: required keys or ``shift_range_m`` are missing.
+            ValueError: no heading was given.
+        """
+        ground, satellite = check_batch(batch, self.required_keys, "FineMatch")
+        if "shift_range_m" not in batch:
+            raise KeyError("FineMatch.heading_alignment_scores needs shift_range_m in the batch")
+        if not yaw_deg_priors:
+            raise ValueError("FineMatch.heading_alignment_scores needs at least one heading")
+        f_grd, d_sat = self._encode(ground, satellite)
+        grid_hw = (d_sat.shape[-2], d_sat.shape[-1])
+        maps = []
+        for yaw in yaw_deg_priors:
+            hypothesis = dict(batch, yaw_deg_prior=yaw)
+            m = self._match(f_grd, d_sat, hypothesis)
+            align = self._align(m.sim, m.window, m.row_valid, m.seen, hypothesis, grid_hw)
+            maps.append(align["align_scores"])
+        return torch.stack(maps, dim=1)
+
+    def _encode(
+        self, ground: torch.Tensor, satellite: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """1. Ground features (B, C, h, w) and L2-normalised satellite descriptors (B, D, H, W)."""
+        with self._autocast(satellite.device):
+            return self.ground_encoder(ground), self.sat_descriptor(
+                self.satellite_encoder(satellite)
+            )
+
+    def _match(self, f_grd: torch.Tensor, d_sat: torch.Tensor, batch: dict[str, Any]) -> _Matched:
+        """Steps 2-5 at the batch's prior: lifting, surface, BEV descriptors, similarity."""
+        cfg = self.config
+        grid_hw = (d_sat.shape[-2], d_sat.shape[-1])
+        with self._autocast(d_sat.device):
+            # 2. Ground features lifted over the height bins of every BEV cell (prior pose).
+            volume, valid = self._lift(f_grd, batch, grid_hw)
+            # 3. Surface Model: height distribution, surface height, visible-only fusion.
+            surface = self.surface(volume, valid)
+            # 4. L2-normalised BEV descriptors.
+            bev = self.bev_refine(surface.bev)
+            d_bev = self.bev_descriptor(bev)
+            # 4b. Whether each cell's lifted ground pixel sees it (optional head).
+            seen_logits = self._visibility(bev, surface.logits, valid, batch)
+        row_valid = surface.bev_valid.flatten(1)
+        # 5. Similarity S = D_bev^T D_sat / tau, refined by the SimRefiner (float32).
+        sim = self.refiner(similarity(d_bev, d_sat, cfg.matching.temperature), grid_hw, row_valid)
+        seen = None if seen_logits is None else torch.sigmoid(seen_logits.float())
+        window = self._window(batch, grid_hw)
+        return _Matched(sim, surface, row_valid, seen_logits, seen, window)
 
     def _localize(
         self,

@@ -232,25 +232,23 @@ class PriorRefinement(nn.Module):
         """
         n = self.align_headings
         headed = n > 1 and bool((batch.get("yaw_range_deg", torch.zeros(1)) > 0).any())
+        prior = batch["yaw_deg_prior"]
         if not headed:  # one heading, the prior's
-            hypotheses = [batch]
+            yaws = [prior]
         else:
-            prior = batch["yaw_deg_prior"]
             theta = batch["yaw_range_deg"].to(prior)
-            turns = [(2 * k + 1 - n) / n * theta for k in range(n)]  # sector centres
-            hypotheses = [dict(batch, yaw_deg_prior=wrap_deg(prior + turn)) for turn in turns]
-        preds = [self.model(hypothesis) for hypothesis in hypotheses]
-        if "align_scores" not in preds[0]:
+            yaws = [wrap_deg(prior + (2 * k + 1 - n) / n * theta) for k in range(n)]  # centres
+        if not hasattr(self.model, "heading_alignment_scores"):
             raise KeyError(
                 "refinement from the alignment (eval.refine_align_shift_m) needs a model that "
-                "returns align_scores (FineMatch) and shift_range_m in the batch"
+                "scores alignments, FineMatch (heading_alignment_scores), and shift_range_m in "
+                "the batch"
             )
-        scores = torch.stack([pred["align_scores"].float() for pred in preds], dim=1)
+        scores = self.model.heading_alignment_scores(batch, yaws).float()
         camera_uv, best = marginal_alignment(
             scores, batch["camera_uv_prior"], self.model.config.stride, self.align_temperature
         )
-        yaws = torch.stack([h["yaw_deg_prior"] for h in hypotheses], dim=1)
-        yaw = yaws.gather(1, best[:, None])[:, 0]
+        yaw = torch.stack(yaws, dim=1).gather(1, best[:, None])[:, 0]
         aligned = {"camera_uv_pred": camera_uv, "yaw_deg_pred": yaw}
         return prior_from_estimate(batch, aligned, self.align_shift_m, None)
 
