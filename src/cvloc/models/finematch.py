@@ -148,7 +148,8 @@ class FineMatch(nn.Module):
       weighted by their visibility). Rotation is not searched. ``align_scores``
       (B, 2r + 1, 2r + 1): the score of every shift (dx, dy) of the search, at
       [dy + r, dx + r] (:func:`cvloc.models.corr.alignment_scores`), with which
-      :class:`cvloc.models.refinement.PriorRefinement` weighs heading hypotheses.
+      :class:`cvloc.models.refinement.PriorRefinement` weighs heading hypotheses (scored
+      together, sharing the encoders, by :meth:`heading_alignment_scores`).
 
     Args:
         config: hyper-parameters.
@@ -271,9 +272,9 @@ class FineMatch(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """1. Ground features (B, C, h, w) and L2-normalised satellite descriptors (B, D, H, W)."""
         with self._autocast(satellite.device):
-            return self.ground_encoder(ground), self.sat_descriptor(
-                self.satellite_encoder(satellite)
-            )
+            f_grd = self.ground_encoder(ground)
+            d_sat = self.sat_descriptor(self.satellite_encoder(satellite))
+        return f_grd, d_sat
 
     def _match(self, f_grd: torch.Tensor, d_sat: torch.Tensor, batch: dict[str, Any]) -> _Matched:
         """Steps 2-5 at the batch's prior: lifting, surface, BEV descriptors, similarity."""
