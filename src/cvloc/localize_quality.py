@@ -11,7 +11,10 @@ c_prior, the q_i their satellite matches, in the model's ``match_*`` keys):
 - ``confidence`` = sum_i s_i [|r_i| < 2 m] / (number of visible sources): the score mass of
   matches agreeing with the pose, in [0, 1]. For a model reporting a ``search_score`` (the
   classical NCC, no residuals) that score clipped to [0, 1]. It also picks the best heading
-  hypothesis. ``num_confident_matches``: visible matches with s_i >= 0.5.
+  hypothesis. It ranks the poses of one model well, but its scale is the model's (FineMatch's
+  dual-softmax scores are far smaller than DenseFlow's confidences): compare it only
+  between runs of the same weights (``benchmarks/confidence.py`` measures each's).
+  ``num_confident_matches``: visible matches with s_i >= 0.5.
 - ``covariance_m2``: the sandwich (robust) covariance of the weighted least squares in
   (th, c): kappa A^-1 B A^-1, A = sum s_i J_i^T J_i, B = sum s_i^2 J_i^T r_i r_i^T J_i,
   J_i = dr_i / d(th, c) = [R(th + 90 deg)(p_i - c_prior), I_2], over the visible matches.
