@@ -96,7 +96,7 @@ def test_classical_localizes_an_easy_pair_of_unknown_heading_with_latlon(pairs, 
     assert 0 < (out / "visualization.png").stat().st_size < 300_000
 
 
-def test_checkpoint_on_a_panorama_writes_pose_with_uncertainty(pairs, tmp_path):
+def test_checkpoint_on_a_panorama_writes_pose_with_uncertainty(pairs, tmp_path, capsys):
     cfg = load_config("overfit", ["data.preset=vigor-small"])
     torch.manual_seed(0)
     checkpoint = tmp_path / "tiny.pt"
@@ -115,6 +115,9 @@ def test_checkpoint_on_a_panorama_writes_pose_with_uncertainty(pairs, tmp_path):
     assert np.array(pose["covariance_m2"]).shape == (2, 2)
     assert pose["sigma_m"]["major"] >= pose["sigma_m"]["minor"] >= 0.0
     assert (out / "visualization.png").is_file()
+    # The printed confidence keeps 3 significant digits (FineMatch's are often below 0.01).
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("confidence "))
+    assert line.split()[1] == f"{pose['confidence']:.3g},"
 
 
 def test_batch_reports_a_bad_row_and_runs_the_others(pairs, tmp_path, capsys):

@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     geo = "" if result.latlon is None else ", lat {:.7f} lon {:.7f}".format(*result.latlon)
     print(f"camera at u={u:.1f} v={v:.1f} px, x={x:.2f} m east, y={y:.2f} m north{geo}, "
           f"yaw {result.yaw_deg:.1f} deg")  # fmt: skip
-    print(f"confidence {result.confidence:.2f}, {result.num_confident_matches} confident "
+    # Significant digits, not decimals: FineMatch's confidences are often below 0.01 on good
+    # poses (their scale is the model's, README: reading the confidence).
+    print(f"confidence {result.confidence:.3g}, {result.num_confident_matches} confident "
           f"matches; wrote {out}")  # fmt: skip
     return 0
 
