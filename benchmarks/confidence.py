@@ -45,8 +45,7 @@ from common import (
 )
 from cvloc.data.batch import collate
 from cvloc.localize_inputs import checkpoint_training_settings
-from cvloc.localize_quality import match_quality, usable_matches
-from cvloc.metrics import MATCH_CONFIDENT_SCORE
+from cvloc.localize_result import result_from_prediction
 from cvloc.models.refinement import refined
 
 DEFAULT_WEIGHTS = (
@@ -62,24 +61,29 @@ def pair_confidence(
 ) -> tuple[float, int]:
     """Confidence and confident matches of a one-pair prediction, as ``cvloc localize`` has them.
 
+    :func:`cvloc.localize_result.result_from_prediction` itself, with the pair's images as
+    the inputs (working pixels = input pixels).
+
     Args:
         pred: the localizer's output for a batch of one pair.
         batch: that batch.
         camera_model: ``"pinhole"`` or ``"panorama"``.
 
     Returns:
-        (confidence in [0, 1], visible usable matches scoring at least
-        :data:`cvloc.metrics.MATCH_CONFIDENT_SCORE`).
+        (``confidence`` in [0, 1], ``num_confident_matches``).
     """
-    ground_wh = (batch["ground"].shape[-1], batch["ground"].shape[-2])
-    quality = match_quality(pred, batch, camera_model, ground_wh)
-    keep = usable_matches(quality, 0)
-    if "match_dst_uv" in pred:  # and on the satellite tile, as localize keeps them
-        dst = pred["match_dst_uv"][0]
-        size = dst.new_tensor([batch["satellite"].shape[-1], batch["satellite"].shape[-2]])
-        keep = keep & ((dst >= -0.5) & (dst <= size - 0.5)).all(-1).to(keep.device)
-    confident = int((quality.scores[0][keep] >= MATCH_CONFIDENT_SCORE).sum())
-    return float(quality.confidence[0]), confident
+    identity = torch.ones(2, dtype=torch.float64)
+    frame = {
+        "ground_scale": identity,
+        "sat_scale": identity,
+        "center": tuple(float(c) for c in batch["sat_center_uv"][0]),
+        "m_per_px": float(batch["m_per_px"][0]),
+        "geo": None,
+        "inputs": {},
+        "warnings": [],
+    }
+    result = result_from_prediction(pred, dict(batch, camera_model=camera_model), frame)
+    return result.confidence, result.num_confident_matches
 
 
 def ranking_auc(score: np.ndarray, good: np.ndarray) -> float:
